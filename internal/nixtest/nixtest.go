@@ -1,0 +1,104 @@
+// Package nixtest runs the real Nix 2.8 tools from tests, against temporary
+// stores only. It never touches the machine's own /nix.
+//
+// Interop tests call Require first. Outside CI a missing tool skips the test;
+// with CI=true it fails it, so an interop test can never pass by not running.
+package nixtest
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// Config is the nix.conf text every Nix process started by this package
+// gets: no substituters, no build users, busybox as the sandbox shell.
+const Config = "experimental-features = nix-command\n" +
+	"sandbox-paths = /bin/sh=/bin/busybox\n" +
+	"build-users-group =\n" +
+	"substituters =\n" +
+	"require-sigs = false\n"
+
+// InCI reports whether the test runs under CI (CI=true), where a missing
+// tool is a failure rather than a skip.
+func InCI() bool { return os.Getenv("CI") == "true" }
+
+// Require looks up each tool on PATH. A missing tool skips the test, or
+// fails it under CI.
+func Require(t testing.TB, tools ...string) {
+	t.Helper()
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			if InCI() {
+				t.Fatalf("required tool %q is missing (CI=true: interop tests may not skip): %v", tool, err)
+			}
+			t.Skipf("tool %q not installed: %v", tool, err)
+		}
+	}
+}
+
+// RequireNix is Require for the Nix 2.8 command-line tools.
+func RequireNix(t testing.TB) {
+	t.Helper()
+	Require(t, "nix", "nix-store", "nix-instantiate", "nix-build")
+}
+
+// Env returns the environment for a Nix process: the current environment
+// with a private HOME and XDG dirs under dir and NIX_CONFIG set to Config.
+func Env(dir string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		switch k {
+		case "HOME", "NIX_CONFIG", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "NIX_REMOTE", "NIX_CONF_DIR", "NIX_STATE_DIR":
+			continue
+		}
+		env = append(env, kv)
+	}
+	home := filepath.Join(dir, "home")
+	os.MkdirAll(home, 0o755)
+	return append(env,
+		"HOME="+home,
+		"XDG_CACHE_HOME="+filepath.Join(home, ".cache"),
+		"XDG_CONFIG_HOME="+filepath.Join(home, ".config"),
+		"XDG_DATA_HOME="+filepath.Join(home, ".local/share"),
+		"NIX_CONF_DIR="+filepath.Join(dir, "etc-nix"),
+		"NIX_CONFIG="+Config,
+	)
+}
+
+// Nix runs one Nix tool with args and returns its standard output. Any
+// failure fails the test with the tool's standard error.
+func Nix(t testing.TB, stdin []byte, name string, args ...string) []byte {
+	t.Helper()
+	out, stderr, err := Try(t, stdin, name, args...)
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, stderr)
+	}
+	return out
+}
+
+// Try runs one Nix tool like Nix but returns its error and standard error
+// instead of failing the test.
+func Try(t testing.TB, stdin []byte, name string, args ...string) (stdout, stderr []byte, err error) {
+	t.Helper()
+	home := t.TempDir()
+	cmd := exec.Command(name, args...)
+	cmd.Env = Env(home)
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err = cmd.Run()
+	return o.Bytes(), e.Bytes(), err
+}
+
+// Line is Nix with the output trimmed of surrounding white space.
+func Line(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	return strings.TrimSpace(string(Nix(t, nil, name, args...)))
+}

@@ -28,6 +28,8 @@ func build(parts ...any) []byte {
 			binary.Write(&b, binary.LittleEndian, uint64(p))
 		case raw:
 			b.Write(p)
+		case []any:
+			b.Write(build(p...))
 		case []string:
 			for _, s := range p {
 				binary.Write(&b, binary.LittleEndian, uint64(len(s)))

@@ -53,7 +53,7 @@ func TestReaderRejects(t *testing.T) {
 	}{
 		{"empty input", nil, "truncated", true},
 		{"bad magic", build(toks("nix-archive-2 ( type regular contents"), "", toks(")")), `bad magic "nix-archive-2"`, false},
-		{"huge magic length", build(n(1<<63)), "not a NAR: token of 9223372036854775808 bytes is longer than 16", false},
+		{"huge magic length", build(n(1 << 63)), "not a NAR: token of 9223372036854775808 bytes is longer than 16", false},
 		{"magic non-zero padding", append(build(n(13)), "nix-archive-1\x00\x00\x01"...), "non-zero padding after token", false},
 		{"missing open paren", build(toks("nix-archive-1 type")), `expected "(", got "type"`, false},
 		{"no type", build(toks("nix-archive-1 ( )")), `expected "type", got ")"`, false},

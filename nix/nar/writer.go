@@ -65,6 +65,9 @@ func (w *Writer) WriteHeader(h *Header) error {
 	if len(w.stack) == 0 {
 		return fmt.Errorf("%w: write %q: the archive's root object is complete", ErrHeader, h.Path)
 	}
+	if strings.HasPrefix(h.Path, "/") {
+		return fmt.Errorf("%w: write %q: path is not relative", ErrHeader, h.Path)
+	}
 	parent, name := "", h.Path
 	if i := strings.LastIndexByte(h.Path, '/'); i >= 0 {
 		parent, name = h.Path[:i], h.Path[i+1:]

@@ -1,0 +1,1 @@
+insert or replace into DerivationOutputs (drv, id, path) values (?, ?, ?);

@@ -1,0 +1,1 @@
+delete from ValidPaths where path = ?;

@@ -1,0 +1,1 @@
+select id, path from DerivationOutputs where drv = ?;

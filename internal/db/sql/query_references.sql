@@ -1,0 +1,1 @@
+select path from Refs join ValidPaths on reference = id where referrer = ?;

@@ -348,7 +348,8 @@ func (p *parser) outputs(d *Derivation) error {
 		}
 		var fields [3]string
 		var offs [3]int
-		for i, what := range [3]string{"output path", "output hash algorithm", "output hash"} {
+		whats := [3]string{"output path", "output hash algorithm", "output hash"}
+		for i, what := range whats {
 			if err := p.expect(",", "before the "+what); err != nil {
 				return err
 			}
@@ -368,7 +369,7 @@ func (p *parser) outputs(d *Derivation) error {
 		}
 		o, which, err := parseOutput(p.dir, fields[0], fields[1], fields[2])
 		if err != nil {
-			return p.errf(offs[which], "output %q: %v", id, err)
+			return p.errf(offs[which], "%s of output %q: %v", whats[which], id, err)
 		}
 		d.Outputs[id] = o
 	}

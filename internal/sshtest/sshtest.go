@@ -19,9 +19,11 @@
 // default, which includes /usr/bin, so the remote `nix-store` resolves). On
 // top of that every session gets, through sshd_config SetEnv, a private HOME,
 // XDG_CACHE_HOME, XDG_CONFIG_HOME, XDG_DATA_HOME and NIX_CONF_DIR under
-// Server.Dir/remote, with NIX_CONF_DIR/nix.conf holding nixtest.Config. So a
-// remote `nix-store --serve` reads the same settings as a local nixtest
-// client and never the machine's user state. Options.Env adds or overrides
+// Server.Dir/remote, with NIX_CONF_DIR/nix.conf holding nixtest.Config, and
+// NIX_REMOTE=Server.RemoteStore (Server.Dir/remote/store). So a remote
+// `nix-store --serve` reads the same settings as a local nixtest client,
+// never the machine's user state, and a client that forgets remote-store
+// lands in a temporary store rather than the machine's /nix. Options.Env adds or overrides
 // variables (SetEnv values cannot contain newlines or double quotes, which is
 // why NIX_CONF_DIR is used rather than NIX_CONFIG).
 //
@@ -39,19 +41,43 @@
 //
 // # Real Nix 2.8 clients
 //
-// Nix 2.8 ssh:// store URIs have no port syntax, so the port and keys travel
-// in NIX_SSHOPTS (Server.Env). NIX_SSHOPTS is split on white space without
-// quoting, so Start fails if the temporary directory contains white space.
-// With cmd.Env = append(nixtest.Env(home), s.Env()...), these were run and
-// work (remote-store is the remote side's --store; SRC and DST are local
-// directories used as chroot stores):
+// Nix 2.8 ssh:// store URIs have no port syntax, so the port, key and
+// known_hosts travel in NIX_SSHOPTS (Server.Env); the host part is
+// Server.Destination(), "root@127.0.0.1" here. NIX_SSHOPTS is split on white
+// space without quoting, so Start fails if its directory holds white space.
+// Run the client with
+//
+//	cmd.Env = append(nixtest.Env(t.TempDir()), s.Env()...)
+//
+// These forms were run with Nix 2.8.0 and work (the package tests TestNix*
+// run each one). SRC, DST and LOCAL are t.TempDir() chroot stores, P a path
+// in the source store, and remote-store sets the `--store` that the client
+// appends to the remote `nix-store --serve --write` command line:
 //
 //	nix store ping --store 'ssh://root@127.0.0.1?remote-store=DST'
-//	nix copy --no-check-sigs --from SRC --to 'ssh://root@127.0.0.1?remote-store=DST' /nix/store/...-p
-//	nix-copy-closure --to root@127.0.0.1 /nix/store/...-p   (with NIX_REMOTE=SRC; remote store is
-//	    the remote default, so use it only with a forced command that serves its own store)
+//	nix copy --no-check-sigs --from SRC --to 'ssh://root@127.0.0.1?remote-store=DST' P
+//	nix copy --no-check-sigs --store SRC --to 'ssh://root@127.0.0.1?remote-store=DST' P
+//	nix copy --no-check-sigs --from 'ssh://root@127.0.0.1?remote-store=SRC' --to DST P
+//	NIX_REMOTE=SRC nix-copy-closure --to root@127.0.0.1 P     (lands in s.RemoteStore)
+//	NIX_REMOTE=DST nix-copy-closure --from root@127.0.0.1 P   (reads s.RemoteStore)
+//	nix-build --store LOCAL --max-jobs 0 --no-out-link \
+//	    --builders 'ssh://root@127.0.0.1?remote-store=DST x86_64-linux KEYFILE 1 1' drv.nix
 //
-// See the package tests (TestNix*) for the exact, verified forms.
+// (nixtest.Env drops NIX_REMOTE, so append it after nixtest.Env.) nix-copy-closure
+// takes no store URI, so the remote side uses its default store,
+// Server.RemoteStore. --no-check-sigs matters only for input-addressed paths
+// (paths from `nix-store --add` are content-addressed and need no signature).
+// In the builders line, KEYFILE is Server.KeyFile; the rest of the ssh
+// options still come from NIX_SSHOPTS.
+//
+// With a forced command the remote command line Nix asks for is ignored, so
+// for ferry's serve tests the usual shape is
+//
+//	s := sshtest.Start(t, &sshtest.Options{ForcedCommand: ferryBin + " --serve --write --store " + dst})
+//	nix copy --no-check-sigs --from SRC --to ssh://root@127.0.0.1 P
+//
+// with SSH_ORIGINAL_COMMAND available to the forced command if it wants to
+// check what the client asked for.
 package sshtest
 
 import (
@@ -95,7 +121,10 @@ type Server struct {
 	KnownHosts string // a known_hosts file naming the server's host key
 	HostKey    string // the host public key line, "ssh-ed25519 AAAA..."
 	Dir        string // the server's private directory
-	LogFile    string // sshd's stderr (-e), VERBOSE
+	// RemoteStore is the sessions' default Nix store (NIX_REMOTE), a
+	// chroot store under Dir, unless Options.Env overrides NIX_REMOTE.
+	RemoteStore string
+	LogFile     string // sshd's stderr (-e), VERBOSE
 
 	cmd  *exec.Cmd
 	done chan struct{} // closed when cmd has exited
@@ -167,6 +196,11 @@ func Start(t testing.TB, opts *Options) *Server {
 	env, err := sessionEnv(dir, opts.Env)
 	if err != nil {
 		t.Fatalf("start sshd: %v", err)
+	}
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "NIX_REMOTE="); ok {
+			s.RemoteStore = v
+		}
 	}
 
 	if os.Geteuid() == 0 {
@@ -245,6 +279,7 @@ func sessionEnv(dir string, extra []string) ([]string, error) {
 		"XDG_CONFIG_HOME=" + filepath.Join(home, ".config"),
 		"XDG_DATA_HOME=" + filepath.Join(home, ".local/share"),
 		"NIX_CONF_DIR=" + confDir,
+		"NIX_REMOTE=" + filepath.Join(remote, "store"),
 	}
 	for _, kv := range extra {
 		k, _, ok := strings.Cut(kv, "=")
@@ -435,4 +470,10 @@ func (s *Server) Command(args ...string) *exec.Cmd {
 		argv = append(argv, args...)
 	}
 	return exec.Command("ssh", argv...)
+}
+
+// Log returns sshd's log so far, for assertions and failure messages.
+func (s *Server) Log() string {
+	b, _ := os.ReadFile(s.LogFile)
+	return string(b)
 }

@@ -17,6 +17,7 @@ func run(t *testing.T, s *Server, args ...string) string {
 }
 
 func TestCommand(t *testing.T) {
+	t.Parallel()
 	s := Start(t, nil)
 	if got := run(t, s, "echo", "hi"); got != "hi" {
 		t.Errorf("ssh echo hi = %q, want %q", got, "hi")
@@ -30,6 +31,7 @@ func TestCommand(t *testing.T) {
 }
 
 func TestForcedCommand(t *testing.T) {
+	t.Parallel()
 	s := Start(t, &Options{ForcedCommand: "echo forced $SSH_ORIGINAL_COMMAND"})
 	tests := []struct {
 		args []string
@@ -49,6 +51,7 @@ func TestForcedCommand(t *testing.T) {
 }
 
 func TestEnv(t *testing.T) {
+	t.Parallel()
 	s := Start(t, &Options{Env: []string{"FERRY_TEST=a b", "HOME=/nonexistent-home"}})
 	if got := run(t, s, "echo", "$FERRY_TEST", "$HOME"); got != "a b /nonexistent-home" {
 		t.Errorf("session env = %q", got)
@@ -56,6 +59,7 @@ func TestEnv(t *testing.T) {
 }
 
 func TestTwoServers(t *testing.T) {
+	t.Parallel()
 	a, b := Start(t, nil), Start(t, nil)
 	if a.Port == b.Port {
 		t.Fatalf("two servers share port %d", a.Port)

@@ -1,0 +1,33 @@
+// Package serve owns the serve protocol, the protocol `nix-store --serve`
+// speaks on stdin/stdout (serve-protocol.md; Nix 2.8.0's
+// src/nix-store/nix-store.cc opServe, src/libstore/serve-protocol.hh and
+// src/libstore/legacy-ssh-store.cc).
+//
+// It has two layers:
+//
+//   - codecs: one Read and one Write function per protocol message (the
+//     handshake, each command's request and reply, build settings, the
+//     BasicDerivation, BuildResult and path-info records), shared by the
+//     server here and by clients (ferry copy, internal/sshstore). Every codec
+//     takes the protocol version it must gate fields on, and bounds every
+//     length and count it reads before allocating.
+//   - Server: one protocol session over an io.Reader and io.Writer, on top of
+//     a Backend (a store.Store that can also add temp roots, compute closures
+//     and build).
+//
+// # Sessions, temp roots and store handles
+//
+// Nix runs one `nix-store --serve` process per ssh connection, and a temp root
+// lives until that process exits. ferry keeps the same model: the command that
+// runs a session opens its store for that session only and closes it when
+// Serve returns, and closing the store handle releases every temp root the
+// session added (store.TempRooter). Server itself never releases roots; it
+// relies on the handle's lifetime.
+//
+// # Errors
+//
+// Like Nix, the protocol has no in-band error channel except for build results:
+// any error ends the session. Serve returns it, and the caller prints
+// "error: <msg>" on stderr and exits 1, writing nothing more on stdout. End of
+// input exactly at a command boundary is a clean end (Serve returns nil).
+package serve

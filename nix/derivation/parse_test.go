@@ -167,3 +167,27 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func FuzzParseJSON(f *testing.F) {
+	if data, err := os.ReadFile("testdata/chain-show.json"); err == nil {
+		f.Add(data)
+	}
+	for _, g := range []string{"simple-derivation.json", "hash-modulo/source-first.json", "invariants/filled-in-idempotent.json"} {
+		if data, err := os.ReadFile(filepath.Join(goldenDir, g)); err == nil {
+			f.Add(data)
+		}
+	}
+	f.Add([]byte(`{"outputs":{"out":{}},"inputSrcs":[],"inputDrvs":{},"system":"x","builder":"y","args":[],"env":{"name":"n"}}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		d, err := ParseJSON(data)
+		if err != nil {
+			return
+		}
+		d.ATerm()
+		if d.Name != "" && storepath.ValidateName(d.Name+".drv") == nil {
+			if _, err := d.ShowJSON(storepath.Path("/nix/store/3ghsl9sd83mc26i81adpa2fzf3yw4f68-" + d.Name + ".drv")); err != nil {
+				t.Fatalf("ShowJSON of a parsed derivation: %v", err)
+			}
+		}
+	})
+}

@@ -174,8 +174,7 @@ func TestSkipAndNoOverread(t *testing.T) {
 	}
 }
 
-// patch returns the golden stream with trailer items of the first entry
-// replaced: it rebuilds the stream from parts.
+// stream builds a one-path stream from a NAR and raw trailer parts.
 func stream(t testing.TB, narBytes []byte, trailer ...[]byte) []byte {
 	b := wire.AppendUint64(nil, 1)
 	b = append(b, narBytes...)
@@ -313,4 +312,27 @@ func FuzzReader(f *testing.F) {
 			}
 		}
 	})
+}
+
+func BenchmarkReader(b *testing.B) {
+	var n bytes.Buffer
+	if err := nar.DumpBytes(&n, bytes.Repeat([]byte("0123456789abcdef"), 1<<20)); err != nil {
+		b.Fatal(err)
+	}
+	var buf bytes.Buffer
+	w := NewWriter(&buf)
+	if err := w.WritePath(&Info{Path: depPath}, bytes.NewReader(n.Bytes())); err != nil {
+		b.Fatal(err)
+	}
+	w.Close()
+	in := buf.Bytes()
+	b.SetBytes(int64(len(in)))
+	for b.Loop() {
+		r := NewReader(bufio.NewReader(bytes.NewReader(in)), nil)
+		for r.Next() == nil {
+			if _, err := io.Copy(io.Discard, r); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
 }

@@ -56,6 +56,9 @@ type initSpec struct {
 	Args    []string    `json:",omitempty"` // argv, argv[0] included
 	Env     []string    `json:",omitempty"`
 	Dir     string      `json:",omitempty"` // working directory of the builder
+	UID     int         `json:",omitempty"` // setuid to this before exec, if not 0
+	GID     int         `json:",omitempty"` // setgid to this before exec, if not 0
+	Groups  bool        `json:",omitempty"` // clear supplementary groups (no user namespace)
 }
 
 type mountSpec struct {
@@ -111,6 +114,21 @@ func runInit(is *initSpec) error {
 	}
 	if err := os.Chdir(is.Dir); err != nil {
 		return fmt.Errorf("change to build directory: %w", err)
+	}
+	if is.Groups {
+		if err := syscall.Setgroups(nil); err != nil {
+			return fmt.Errorf("clear supplementary groups: %w", err)
+		}
+	}
+	if is.GID != 0 {
+		if err := syscall.Setgid(is.GID); err != nil {
+			return fmt.Errorf("set gid %d: %w", is.GID, err)
+		}
+	}
+	if is.UID != 0 {
+		if err := syscall.Setuid(is.UID); err != nil {
+			return fmt.Errorf("set uid %d: %w", is.UID, err)
+		}
 	}
 	// Drop the capabilities kept for setup: the builder gets none.
 	prctl(prCapAmbient, prCapAmbientClearAll, 0)

@@ -62,6 +62,13 @@ type Spec struct {
 	// interface.
 	Network bool
 
+	// UID and GID are a build user (Nix's build-users-group) for callers
+	// running as root: the builder runs as them on the host. In a sandbox
+	// with a user namespace they are what uid 1000 and gid 100 map to, and
+	// the chroot is made accessible to GID. Zero means the caller's own ids.
+	// The caller owns BuildDir's ownership.
+	UID, GID int
+
 	// Stdout receives the builder's stdout and stderr, merged, until
 	// every process holding them has closed them. Nil discards them. If a
 	// Write fails, the builder is killed and Wait reports the error.

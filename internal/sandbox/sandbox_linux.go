@@ -64,7 +64,7 @@ func Available() error {
 // 0; without one only root can create the other namespaces.
 func namespaceChoices() []bool {
 	var choices []bool
-	if b, err := os.ReadFile("/proc/sys/user/max_user_namespaces"); err != nil || strings.TrimSpace(string(b)) != "0" {
+	if b, err := os.ReadFile("/proc/sys/user/max_user_namespaces"); !disableUserNS && (err != nil || strings.TrimSpace(string(b)) != "0") {
 		choices = append(choices, true)
 	}
 	if os.Geteuid() == 0 {
@@ -73,8 +73,11 @@ func namespaceChoices() []bool {
 	return choices
 }
 
+// disableUserNS is set by tests to exercise the root-only path.
+var disableUserNS bool
+
 func runProbe(userNS bool) error {
-	p, err := startInit(context.Background(), &initSpec{Mode: modeProbe}, sandboxAttr(userNS, false), nil)
+	p, err := startInit(context.Background(), &initSpec{Mode: modeProbe}, sandboxAttr(userNS, false, 0, 0), nil)
 	if err != nil {
 		return err
 	}
@@ -84,7 +87,8 @@ func runProbe(userNS bool) error {
 // sandboxAttr returns the clone attributes of a sandbox init
 // (store-format.md §8.3: always NEWPID, NEWNS, NEWIPC, NEWUTS; NEWNET
 // unless network; NEWUSER with uid 1000 and gid 100 mapped to the caller's).
-func sandboxAttr(userNS, network bool) *syscall.SysProcAttr {
+// uid and gid are the host ids behind 1000 and 100; -1 means the caller's.
+func sandboxAttr(userNS, network bool, uid, gid int) *syscall.SysProcAttr {
 	attr := &syscall.SysProcAttr{
 		Setsid:     true,
 		Pdeathsig:  syscall.SIGKILL,
@@ -95,8 +99,14 @@ func sandboxAttr(userNS, network bool) *syscall.SysProcAttr {
 	}
 	if userNS {
 		attr.Cloneflags |= syscall.CLONE_NEWUSER
-		attr.UidMappings = []syscall.SysProcIDMap{{ContainerID: sandboxUID, HostID: os.Geteuid(), Size: 1}}
-		attr.GidMappings = []syscall.SysProcIDMap{{ContainerID: sandboxGID, HostID: os.Getegid(), Size: 1}}
+		if uid <= 0 {
+			uid = os.Geteuid()
+		}
+		if gid <= 0 {
+			gid = os.Getegid()
+		}
+		attr.UidMappings = []syscall.SysProcIDMap{{ContainerID: sandboxUID, HostID: uid, Size: 1}}
+		attr.GidMappings = []syscall.SysProcIDMap{{ContainerID: sandboxGID, HostID: gid, Size: 1}}
 		attr.GidMappingsEnableSetgroups = false
 		attr.AmbientCaps = []uintptr{capSetgid, capSetuid, capNetAdmin, capSysChroot, capSysAdmin}
 	}
@@ -145,7 +155,8 @@ func Start(ctx context.Context, spec *Spec) (*Process, error) {
 		if spec.RealStoreDir != "" && filepath.Clean(spec.RealStoreDir) != filepath.Clean(spec.StoreDir) {
 			return nil, fmt.Errorf("start builder: %w", ErrSandboxRequired)
 		}
-		is := &initSpec{Mode: modeDirect, Builder: spec.Builder, Args: argv, Env: spec.Env, Dir: spec.BuildDir}
+		is := &initSpec{Mode: modeDirect, Builder: spec.Builder, Args: argv, Env: spec.Env, Dir: spec.BuildDir,
+			UID: spec.UID, GID: spec.GID, Groups: spec.UID != 0 || spec.GID != 0}
 		attr := &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
 		return startInit(ctx, is, attr, spec.Stdout)
 	}
@@ -159,7 +170,15 @@ func Start(ctx context.Context, spec *Spec) (*Process, error) {
 	}
 	is.Mode = modeSandbox
 	is.Builder, is.Args, is.Env = spec.Builder, argv, spec.Env
-	p, err := startInit(ctx, is, sandboxAttr(probe.userNS, spec.Network), spec.Stdout)
+	if probe.userNS {
+		if spec.UID != 0 || spec.GID != 0 {
+			// The init runs unmapped; become nixbld before the exec.
+			is.UID, is.GID = sandboxUID, sandboxGID
+		}
+	} else {
+		is.UID, is.GID, is.Groups = spec.UID, spec.GID, spec.UID != 0 || spec.GID != 0
+	}
+	p, err := startInit(ctx, is, sandboxAttr(probe.userNS, spec.Network, spec.UID, spec.GID), spec.Stdout)
 	if err != nil {
 		if rmErr := removeChroot(is.Root); rmErr != nil {
 			err = errors.Join(err, rmErr)
@@ -433,6 +452,13 @@ func buildTree(is *initSpec, spec *Spec, real string) error {
 	if err := os.Chmod(root, 0o750); err != nil {
 		return err
 	}
+	if spec.GID != 0 {
+		// The build user reaches the chroot and creates outputs through
+		// its group, as in Nix.
+		if err := os.Chown(root, -1, spec.GID); err != nil {
+			return err
+		}
+	}
 	if err := mkdirMode(in("/tmp"), 0o1777); err != nil {
 		return err
 	}
@@ -455,6 +481,11 @@ func buildTree(is *initSpec, spec *Spec, real string) error {
 	}
 	if err := mkdirMode(in(is.Store), 0o1775); err != nil {
 		return err
+	}
+	if spec.GID != 0 {
+		if err := os.Chown(in(is.Store), -1, spec.GID); err != nil {
+			return err
+		}
 	}
 
 	targets := map[string]bool{}

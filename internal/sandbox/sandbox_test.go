@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -74,8 +75,22 @@ func must(t *testing.T, err error) {
 	}
 }
 
+// noUserNS reports whether this test binary runs its sandboxes without a
+// user namespace (see export_test.go); they then use nobody as build user.
+func noUserNS() bool { return os.Getenv("FERRY_SANDBOX_TEST_NO_USERNS") == "1" }
+
 // sandboxSpec returns a sandboxed spec running script with /bin/sh.
 func sandboxSpec(t *testing.T, script string) *sandbox.Spec {
+	t.Helper()
+	spec := newSandboxSpec(t, script)
+	if noUserNS() {
+		spec.UID, spec.GID = 65534, 65534
+		must(t, os.Chown(spec.BuildDir, spec.UID, spec.GID))
+	}
+	return spec
+}
+
+func newSandboxSpec(t *testing.T, script string) *sandbox.Spec {
 	t.Helper()
 	real := fakeStore(t)
 	return &sandbox.Spec{
@@ -220,8 +235,9 @@ func TestSandboxEnvironment(t *testing.T) {
 		"env":         "B=/bin/busybox,HOME=/homeless-shelter,PATH=/path-not-set,PWD=/build,SHLVL=1,",
 		"tmpwrite":    "ok",
 	}
-	if os.Getenv("FERRY_SANDBOX_NO_USERNS") == "" {
-		want["uid"], want["gid"] = "1000", "100"
+	want["uid"], want["gid"] = "1000", "100"
+	if noUserNS() {
+		want["uid"], want["gid"] = "65534", "65534"
 	}
 	pids := strings.Split(strings.TrimSuffix(kv["pids"], ","), ",")
 	if len(pids) == 0 || pids[0] != "1" || len(pids[len(pids)-1]) > 2 {
@@ -316,6 +332,8 @@ func TestSandboxOutputs(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Wait: %v\n%s", err, out)
 	}
+	// The builder left a read-only directory; let TempDir remove it.
+	defer os.Chmod(filepath.Join(spec.RealStoreDir, filepath.Base(outDir), "bin"), 0o755)
 	if b, err := os.ReadFile(filepath.Join(spec.RealStoreDir, filepath.Base(outDir), "bin", "x")); err != nil || string(b) != "hi\n" {
 		t.Errorf("output dir on the host: %q, %v", b, err)
 	}
@@ -513,6 +531,94 @@ func TestSandboxSetupErrors(t *testing.T) {
 				if strings.HasSuffix(e.Name(), ".chroot") {
 					t.Errorf("chroot left behind: %s", e.Name())
 				}
+			}
+		})
+	}
+}
+
+func TestBuildUser(t *testing.T) {
+	requireSandbox(t)
+	if os.Geteuid() != 0 {
+		t.Skip("build users need root")
+	}
+	const uid, gid = 30001, 30000
+	for _, sandboxed := range []bool{false, true} {
+		t.Run(fmt.Sprint("sandbox=", sandboxed), func(t *testing.T) {
+			script := `echo id=$($B id -u):$($B id -g):$($B id -G); echo x >$out`
+			var spec *sandbox.Spec
+			if sandboxed {
+				spec = newSandboxSpec(t, script)
+				spec.Env = append(spec.Env, "out="+outFile)
+			} else {
+				spec = directSpec(t, script)
+				spec.Env = append(spec.Env, "out=made-by-build-user")
+			}
+			spec.UID, spec.GID = uid, gid
+			must(t, os.Chown(spec.BuildDir, uid, gid))
+			out, err := run(t, spec)
+			if err != nil {
+				t.Fatalf("Wait: %v\n%s", err, out)
+			}
+			want := "id=30001:30000:30000\n"
+			made := filepath.Join(spec.BuildDir, "made-by-build-user")
+			if sandboxed {
+				want = "id=1000:100:100\n"
+				if noUserNS() {
+					want = "id=30001:30000:30000\n"
+				}
+				made = filepath.Join(spec.RealStoreDir, filepath.Base(outFile))
+			}
+			if out != want {
+				t.Errorf("output %q, want %q", out, want)
+			}
+			st, err := os.Stat(made)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if sys := st.Sys().(*syscall.Stat_t); sys.Uid != uid || sys.Gid != gid {
+				t.Errorf("output owned by %d:%d, want %d:%d", sys.Uid, sys.Gid, uid, gid)
+			}
+		})
+	}
+}
+
+// TestOtherModes reruns the tests in a child test binary without a user
+// namespace (as root) and as an unprivileged user (with one).
+func TestOtherModes(t *testing.T) {
+	requireSandbox(t)
+	if os.Geteuid() != 0 || os.Getenv("FERRY_SANDBOX_TEST_CHILD") != "" {
+		t.Skip("needs root, and runs once")
+	}
+	exe, err := os.Executable()
+	must(t, err)
+	// A copy of the test binary and a TMPDIR the unprivileged user can use.
+	dir := t.TempDir()
+	must(t, os.Chmod(filepath.Dir(dir), 0o755))
+	must(t, os.Chmod(dir, 0o755))
+	bin := filepath.Join(dir, "sandbox.test")
+	data, err := os.ReadFile(exe)
+	must(t, err)
+	must(t, os.WriteFile(bin, data, 0o755))
+	tmp := filepath.Join(dir, "tmp")
+	must(t, os.Mkdir(tmp, 0o777))
+	must(t, os.Chmod(tmp, 0o777))
+
+	for _, tc := range []struct {
+		name string
+		env  string
+		cred *syscall.Credential
+		run  string
+	}{
+		{"no user namespace", "FERRY_SANDBOX_TEST_NO_USERNS=1", nil, "^(TestSandbox|TestModes|TestBuildUser)"},
+		{"unprivileged", "", &syscall.Credential{Uid: 65534, Gid: 65534}, "^(TestSandbox|TestModes|TestDirect)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cmd := exec.Command(bin, "-test.run", tc.run, "-test.count=1")
+			cmd.Env = append(os.Environ(), "TMPDIR="+tmp, "FERRY_SANDBOX_TEST_CHILD=1", tc.env)
+			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: tc.cred}
+			out, err := cmd.CombinedOutput()
+			if err != nil || !bytes.Contains(out, []byte("PASS")) {
+				t.Fatalf("child tests: %v\n%s", err, out)
 			}
 		})
 	}

@@ -1,0 +1,745 @@
+package localstore
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	gohash "hash"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"ferry/internal/db"
+	"ferry/internal/lock"
+	"ferry/nix/derivation"
+	"ferry/nix/hash"
+	"ferry/nix/nar"
+	"ferry/nix/storepath"
+	"ferry/store"
+)
+
+// TempPrefix starts the name of every temporary entry ferry creates in the
+// physical store directory: ".ferry-tmp-<pid>-<n>". The leading dot keeps
+// it from ever being a store path; the pid lets a later writer (or the
+// GC) tell a leftover from an entry in use: the entry is a leftover once
+// process <pid> no longer holds its temp roots file (lock.ProcessAlive),
+// which ferry creates before making any temporary entry.
+const TempPrefix = ".ferry-tmp-"
+
+// ParseTempName returns the pid in a temporary entry name made by ferry,
+// and false for any other name.
+func ParseTempName(name string) (pid int, ok bool) {
+	rest, ok := strings.CutPrefix(name, TempPrefix)
+	if !ok {
+		return 0, false
+	}
+	pidStr, _, ok := strings.Cut(rest, "-")
+	if !ok {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(pidStr)
+	if err != nil || pid <= 0 {
+		return 0, false
+	}
+	return pid, true
+}
+
+// newTemp returns a fresh temporary name in the store directory. The
+// first call of a Store also removes the leftovers of dead processes.
+func (s *Store) newTemp(ctx context.Context) (string, error) {
+	if err := s.temps.Ensure(ctx); err != nil {
+		return "", err
+	}
+	s.cleanOnce.Do(func() { s.CleanLeftovers() })
+	n := s.tmpSeq.Add(1)
+	return filepath.Join(s.realDir, fmt.Sprintf("%s%d-%d", TempPrefix, os.Getpid(), n)), nil
+}
+
+// CleanLeftovers deletes the temporary entries (TempPrefix) of processes
+// that are gone. It runs on a Store's first write; the GC may call it too.
+func (s *Store) CleanLeftovers() error {
+	ents, err := os.ReadDir(s.realDir)
+	if err != nil {
+		return fmt.Errorf("clean leftovers: %w", err)
+	}
+	alive := map[int]bool{}
+	for _, e := range ents {
+		pid, ok := ParseTempName(e.Name())
+		if !ok {
+			continue
+		}
+		a, seen := alive[pid]
+		if !seen {
+			a, err = lock.ProcessAlive(s.stateDir, pid)
+			if err != nil {
+				continue
+			}
+			alive[pid] = a
+		}
+		if !a {
+			deletePath(filepath.Join(s.realDir, e.Name()))
+		}
+	}
+	return nil
+}
+
+// deletePath removes a file system object recursively, making read-only
+// directories writable first when that is needed (not as root).
+func deletePath(p string) error {
+	err := os.RemoveAll(p)
+	if err == nil {
+		return nil
+	}
+	filepath.WalkDir(p, func(q string, d os.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			os.Chmod(q, 0o755)
+		}
+		return nil
+	})
+	return os.RemoveAll(p)
+}
+
+// canonicalise applies Nix's canonicalisePathMetaData (§7.1) to the tree
+// at p: only regular files, directories and symlinks; no extended
+// attributes; modes 0444 or 0555 (directories 0555), so no write,
+// setuid, setgid or sticky bits; mtime 1 (symlinks too); owned by the
+// effective user. With sync, every file and directory is fsynced.
+func canonicalise(p string, sync bool) error {
+	uid, gid := os.Geteuid(), os.Getegid()
+	var walk func(q string) error
+	walk = func(q string) error {
+		var st unix.Stat_t
+		if err := unix.Lstat(q, &st); err != nil {
+			return err
+		}
+		typ := st.Mode & unix.S_IFMT
+		if typ != unix.S_IFREG && typ != unix.S_IFDIR && typ != unix.S_IFLNK {
+			return fmt.Errorf("file '%s' has an unsupported type", q)
+		}
+		if typ != unix.S_IFLNK {
+			if err := removeXattrs(q); err != nil {
+				return err
+			}
+			mode := st.Mode & 0o7777
+			if mode != 0o444 && mode != 0o555 {
+				want := uint32(0o444)
+				if st.Mode&unix.S_IXUSR != 0 || typ == unix.S_IFDIR {
+					want = 0o555
+				}
+				if err := unix.Chmod(q, want); err != nil {
+					return fmt.Errorf("canonicalise %s: %w", q, err)
+				}
+			}
+		}
+		if st.Mtim.Sec != 1 || st.Mtim.Nsec != 0 {
+			ts := []unix.Timespec{{Sec: st.Atim.Sec}, {Sec: 1}}
+			if err := unix.UtimesNanoAt(unix.AT_FDCWD, q, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+				return fmt.Errorf("canonicalise %s: %w", q, err)
+			}
+		}
+		if int(st.Uid) != uid || int(st.Gid) != gid {
+			if err := unix.Lchown(q, uid, gid); err != nil {
+				return fmt.Errorf("canonicalise %s: %w", q, err)
+			}
+		}
+		if typ == unix.S_IFDIR {
+			ents, err := os.ReadDir(q)
+			if err != nil {
+				return err
+			}
+			for _, e := range ents {
+				if err := walk(filepath.Join(q, e.Name())); err != nil {
+					return err
+				}
+			}
+		}
+		if sync && typ != unix.S_IFLNK {
+			return fsyncPath(q)
+		}
+		return nil
+	}
+	return walk(p)
+}
+
+func removeXattrs(q string) error {
+	var buf [4096]byte
+	n, err := unix.Llistxattr(q, buf[:])
+	if err != nil || n == 0 {
+		return nil // unsupported or none
+	}
+	for _, name := range strings.Split(strings.TrimRight(string(buf[:n]), "\x00"), "\x00") {
+		if name == "" || name == "security.selinux" || name == "system.nfs4_acl" {
+			continue
+		}
+		if err := unix.Lremovexattr(q, name); err != nil {
+			return fmt.Errorf("remove extended attribute %s of %s: %w", name, q, err)
+		}
+	}
+	return nil
+}
+
+func fsyncPath(p string) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", p, err)
+	}
+	return nil
+}
+
+// pending is an object restored and canonicalised at a temporary name,
+// waiting to be installed under its store path.
+type pending struct {
+	info *store.PathInfo
+	tmp  string
+}
+
+// installBatch is the one place store objects become valid. For the
+// batch, in order: temp roots; path locks (sorted); a re-check of
+// validity under the locks (valid ones are dropped); removal of any
+// leftover at the final name; rename into place; fsync of the store
+// directory; one transaction registering everything. If the transaction
+// fails, the renamed objects are removed again (they are still invalid and
+// locked). Temporaries are always gone when it returns.
+func (s *Store) installBatch(ctx context.Context, batch []*pending) (err error) {
+	defer func() {
+		for _, p := range batch {
+			if p.tmp != "" {
+				deletePath(p.tmp)
+			}
+		}
+	}()
+	var real []string
+	for _, p := range batch {
+		if err := s.temps.Add(ctx, string(p.info.Path)); err != nil {
+			return err
+		}
+		real = append(real, s.RealPath(p.info.Path))
+	}
+	locks, err := lock.LockPaths(ctx, real, true)
+	if err != nil {
+		return err
+	}
+	defer locks.Unlock()
+
+	var todo []*pending
+	err = s.db.Read(ctx, func(tx *db.Tx) error {
+		todo = todo[:0]
+		for _, p := range batch {
+			ok, err := tx.IsValid(p.info.Path)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				todo = append(todo, p)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if len(todo) == 0 {
+		locks.SetDeletion(true)
+		return nil
+	}
+	var moved []string
+	for _, p := range todo {
+		dst := s.RealPath(p.info.Path)
+		if err := deletePath(dst); err != nil {
+			return fmt.Errorf("remove leftover %s: %w", dst, err)
+		}
+		if err := os.Rename(p.tmp, dst); err != nil {
+			for _, m := range moved {
+				deletePath(m)
+			}
+			return fmt.Errorf("move %s into place: %w", p.info.Path, err)
+		}
+		p.tmp = ""
+		moved = append(moved, dst)
+	}
+	if !s.opts.NoSync {
+		if err := fsyncPath(s.realDir); err != nil {
+			for _, m := range moved {
+				deletePath(m)
+			}
+			return err
+		}
+	}
+	infos := make([]*store.PathInfo, len(todo))
+	for i, p := range todo {
+		infos[i] = p.info
+	}
+	if err := s.register(ctx, infos); err != nil {
+		for _, m := range moved {
+			deletePath(m)
+		}
+		return err
+	}
+	locks.SetDeletion(true)
+	return nil
+}
+
+// RegisterValidPaths registers objects that are already complete and
+// canonical at their final names (e.g. build outputs), in one transaction
+// (Nix's registerValidPaths): already-valid paths get their info updated,
+// every reference must be valid or in infos, .drv files get their
+// DerivationOutputs rows and have their output paths checked, and a
+// reference cycle in the batch is refused. The caller must hold the path
+// locks of infos and have added them as temp roots.
+func (s *Store) RegisterValidPaths(ctx context.Context, infos []*store.PathInfo) error {
+	for _, in := range infos {
+		if err := s.checkDir(in.Path); err != nil {
+			return err
+		}
+		if _, err := os.Lstat(s.RealPath(in.Path)); err != nil {
+			return fmt.Errorf("register %s: %w", in.Path, err)
+		}
+	}
+	return s.register(ctx, infos)
+}
+
+func (s *Store) register(ctx context.Context, infos []*store.PathInfo) error {
+	byPath := map[storepath.Path]*store.PathInfo{}
+	for _, in := range infos {
+		if in.NarHash.Algorithm() != hash.SHA256 {
+			return fmt.Errorf("register %s: a sha256 NAR hash is required", in.Path)
+		}
+		byPath[in.Path] = in
+	}
+	if _, err := TopoSort(keys(byPath), func(p storepath.Path) []storepath.Path { return byPath[p].References }); err != nil {
+		return fmt.Errorf("register paths: %w", err)
+	}
+	// Derivations are parsed and checked before the transaction.
+	drvs := map[storepath.Path]*derivation.Derivation{}
+	for _, in := range infos {
+		if !in.Path.IsDerivation() {
+			continue
+		}
+		d, err := s.readDerivation(in.Path)
+		if err != nil {
+			return fmt.Errorf("register %s: %w", in.Path, err)
+		}
+		if err := d.CheckOutputPaths(s.Dir(), s.readDerivation, &s.memo); err != nil {
+			return fmt.Errorf("register %s: %w", in.Path, err)
+		}
+		drvs[in.Path] = d
+	}
+	return s.db.Write(ctx, func(tx *db.Tx) error {
+		ids := map[storepath.Path]int64{}
+		for _, in := range infos {
+			id, ok, err := tx.PathID(in.Path)
+			if err != nil {
+				return err
+			}
+			if ok {
+				if err := tx.UpdatePathInfo(in); err != nil {
+					return err
+				}
+			} else if id, err = tx.RegisterValidPath(in); err != nil {
+				return err
+			}
+			ids[in.Path] = id
+			if d := drvs[in.Path]; d != nil {
+				for name, out := range d.OutputPaths() {
+					if err := tx.AddDerivationOutput(id, name, out); err != nil {
+						return err
+					}
+				}
+			}
+		}
+		for _, in := range infos {
+			for _, r := range in.References {
+				rid, ok := ids[r]
+				if !ok {
+					var err error
+					rid, ok, err = tx.PathID(r)
+					if err != nil {
+						return err
+					}
+					if !ok {
+						return fmt.Errorf("cannot add path '%s' because it references path '%s' which %w", in.Path, r, store.ErrNotValid)
+					}
+				}
+				if err := tx.AddReference(ids[in.Path], rid); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+}
+
+func keys(m map[storepath.Path]*store.PathInfo) []storepath.Path {
+	out := make([]storepath.Path, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+// readDerivation parses the .drv file of p from disk; it is the Resolver
+// used to check derivations.
+func (s *Store) readDerivation(p storepath.Path) (*derivation.Derivation, error) {
+	f, err := os.Open(s.RealPath(p))
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, derivation.MaxSize+1))
+	if err != nil {
+		return nil, err
+	}
+	name, err := derivation.NameFromPath(p)
+	if err != nil {
+		return nil, err
+	}
+	return derivation.Parse(data, name)
+}
+
+// ReadDerivation returns the parsed derivation stored at the valid path p.
+func (s *Store) ReadDerivation(ctx context.Context, p storepath.Path) (*derivation.Derivation, error) {
+	if _, err := s.QueryPathInfo(ctx, p); err != nil {
+		return nil, err
+	}
+	d, err := s.readDerivation(p)
+	if err != nil {
+		return nil, fmt.Errorf("read derivation %s: %w", p, err)
+	}
+	return d, nil
+}
+
+// countingHash hashes and counts what is written to it.
+type countingHash struct {
+	h gohash.Hash
+	n uint64
+}
+
+func (c *countingHash) Write(p []byte) (int, error) {
+	c.n += uint64(len(p))
+	return c.h.Write(p)
+}
+
+// restoreTemp restores the NAR from r at a fresh temporary name, hashing
+// it on the way (sha256 and, if extra is not nil, also into extra).
+func (s *Store) restoreTemp(ctx context.Context, r io.Reader, extra io.Writer) (tmp string, narHash hash.Hash, narSize uint64, err error) {
+	tmp, err = s.newTemp(ctx)
+	if err != nil {
+		return "", hash.Hash{}, 0, err
+	}
+	ch := &countingHash{h: sha256.New()}
+	var w io.Writer = ch
+	if extra != nil {
+		w = io.MultiWriter(ch, extra)
+	}
+	if err := nar.Restore(io.TeeReader(r, w), tmp); err != nil {
+		deletePath(tmp)
+		return "", hash.Hash{}, 0, err
+	}
+	return tmp, hash.FromHasher(hash.SHA256, ch.h), ch.n, nil
+}
+
+// AddToStoreNar adds info.Path from its NAR (store.Store). The NAR is
+// restored to a temporary name while its SHA-256 and size are computed;
+// both must match info (the size only when info.NarSize is not zero), and
+// so must the content address when info.CA is set. Then it is
+// canonicalised, synced, moved into place and registered with its
+// references, which must be valid already (or be the path itself).
+func (s *Store) AddToStoreNar(ctx context.Context, info *store.PathInfo, r io.Reader) error {
+	if err := s.checkDir(info.Path); err != nil {
+		return err
+	}
+	if info.NarHash.Algorithm() != hash.SHA256 {
+		return fmt.Errorf("add %s: a sha256 NAR hash is required", info.Path)
+	}
+	if err := s.temps.Add(ctx, string(info.Path)); err != nil {
+		return err
+	}
+	if ok, err := s.IsValidPath(ctx, info.Path); err != nil {
+		return err
+	} else if ok {
+		// Consume the NAR, checking its structure, so a protocol stream
+		// stays in step.
+		if err := nar.List(io.Discard, r, nil); err != nil {
+			return fmt.Errorf("add %s: %w", info.Path, err)
+		}
+		return nil
+	}
+	var caHasher gohash.Hash
+	if info.CA.Method == storepath.Recursive && !info.CA.IsZero() && info.CA.Hash.Algorithm() != hash.SHA256 {
+		caHasher = info.CA.Hash.Algorithm().New()
+	}
+	var extra io.Writer
+	if caHasher != nil {
+		extra = caHasher
+	}
+	tmp, narHash, narSize, err := s.restoreTemp(ctx, r, extra)
+	if err != nil {
+		return fmt.Errorf("add %s: %w", info.Path, err)
+	}
+	fail := func(err error) error {
+		deletePath(tmp)
+		return fmt.Errorf("add %s: %w", info.Path, err)
+	}
+	if !narHash.Equal(info.NarHash) {
+		return fail(fmt.Errorf("hash mismatch importing path: specified %s, got %s",
+			info.NarHash.Encode(hash.Nix32, true), narHash.Encode(hash.Nix32, true)))
+	}
+	if info.NarSize != 0 && narSize != info.NarSize {
+		return fail(fmt.Errorf("size mismatch importing path: specified %d, got %d", info.NarSize, narSize))
+	}
+	if !info.CA.IsZero() {
+		if err := s.checkCA(info, tmp, narHash, caHasher); err != nil {
+			return fail(err)
+		}
+	}
+	if err := canonicalise(tmp, !s.opts.NoSync); err != nil {
+		return fail(err)
+	}
+	in := *info
+	in.NarSize = narSize
+	in.References = append([]storepath.Path(nil), info.References...)
+	storepath.Sort(in.References)
+	if err := s.installBatch(ctx, []*pending{{info: &in, tmp: tmp}}); err != nil {
+		return fmt.Errorf("add %s: %w", info.Path, err)
+	}
+	return nil
+}
+
+// checkCA verifies that the object at tmp has info's content address and
+// that the address gives info.Path.
+func (s *Store) checkCA(info *store.PathInfo, tmp string, narHash hash.Hash, caHasher gohash.Hash) error {
+	ca := info.CA
+	var got hash.Hash
+	switch {
+	case ca.Method == storepath.Recursive && caHasher == nil:
+		got = narHash
+	case ca.Method == storepath.Recursive:
+		got = hash.FromHasher(ca.Hash.Algorithm(), caHasher)
+	default: // Flat and Text hash a regular file's contents
+		algo := ca.Hash.Algorithm()
+		if ca.Method == storepath.Text {
+			algo = hash.SHA256
+		}
+		f, err := os.Open(tmp)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+			return fmt.Errorf("content address %s needs a regular file", ca)
+		}
+		h := algo.New()
+		if _, err := io.Copy(h, f); err != nil {
+			return err
+		}
+		got = hash.FromHasher(algo, h)
+	}
+	if !got.Equal(ca.Hash) {
+		return fmt.Errorf("ca hash mismatch importing path: specified %s, got %s", ca.Hash, got)
+	}
+	var refs []storepath.Path
+	self := false
+	for _, r := range info.References {
+		if r == info.Path {
+			self = true
+		} else {
+			refs = append(refs, r)
+		}
+	}
+	want, err := s.Dir().MakeFromCA(info.Path.Name(), ca, refs, self)
+	if err != nil {
+		return err
+	}
+	if want != info.Path {
+		return fmt.Errorf("content address %s gives path '%s', not '%s'", ca, want, info.Path)
+	}
+	return nil
+}
+
+// AddPath adds the file or directory at srcPath like nix-store --add
+// (method Recursive, algo SHA256) or --add-fixed [--recursive] ALGO. The
+// name is srcPath's base name. The source is read once: its NAR is
+// restored to a temporary name while every hash is computed.
+func (s *Store) AddPath(ctx context.Context, srcPath string, method storepath.Method, algo hash.Algorithm) (*store.PathInfo, error) {
+	name := filepath.Base(filepath.Clean(srcPath))
+	if err := storepath.ValidateName(name); err != nil {
+		return nil, fmt.Errorf("add %s: %w", srcPath, err)
+	}
+	if algo.Size() == 0 {
+		return nil, fmt.Errorf("add %s: unknown hash algorithm", srcPath)
+	}
+	var (
+		tmp     string
+		narHash hash.Hash
+		narSize uint64
+		caHash  hash.Hash
+	)
+	switch method {
+	case storepath.Recursive:
+		var extra gohash.Hash
+		if algo != hash.SHA256 {
+			extra = algo.New()
+		}
+		pr, pw := io.Pipe()
+		go func() { pw.CloseWithError(nar.Dump(pw, srcPath)) }()
+		var err error
+		var w io.Writer
+		if extra != nil {
+			w = extra
+		}
+		tmp, narHash, narSize, err = s.restoreTemp(ctx, pr, w)
+		pr.CloseWithError(errors.New("restore ended"))
+		if err != nil {
+			return nil, fmt.Errorf("add %s: %w", srcPath, err)
+		}
+		caHash = narHash
+		if extra != nil {
+			caHash = hash.FromHasher(algo, extra)
+		}
+	case storepath.Flat:
+		var err error
+		tmp, narHash, narSize, caHash, err = s.copyFlat(ctx, srcPath, algo)
+		if err != nil {
+			return nil, fmt.Errorf("add %s: %w", srcPath, err)
+		}
+	default:
+		return nil, fmt.Errorf("add %s: method must be flat or recursive", srcPath)
+	}
+	ca := storepath.ContentAddress{Method: method, Hash: caHash}
+	p, err := s.Dir().MakeFromCA(name, ca, nil, false)
+	if err != nil {
+		deletePath(tmp)
+		return nil, fmt.Errorf("add %s: %w", srcPath, err)
+	}
+	info := &store.PathInfo{Path: p, NarHash: narHash, NarSize: narSize, CA: ca}
+	return s.finishAdd(ctx, info, tmp)
+}
+
+// copyFlat copies a regular file to a temporary name, computing its NAR
+// hash and its flat hash with algo in the same pass.
+func (s *Store) copyFlat(ctx context.Context, src string, algo hash.Algorithm) (tmp string, narHash hash.Hash, narSize uint64, flat hash.Hash, err error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return "", narHash, 0, flat, err
+	}
+	defer in.Close()
+	st, err := in.Stat()
+	if err != nil {
+		return "", narHash, 0, flat, err
+	}
+	if !st.Mode().IsRegular() {
+		return "", narHash, 0, flat, fmt.Errorf("flat hashing needs a regular file")
+	}
+	tmp, err = s.newTemp(ctx)
+	if err != nil {
+		return "", narHash, 0, flat, err
+	}
+	exec := st.Mode()&0o100 != 0
+	mode := os.FileMode(0o444)
+	if exec {
+		mode = 0o555
+	}
+	out, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode|0o200)
+	if err != nil {
+		return "", narHash, 0, flat, err
+	}
+	fh := algo.New()
+	ch := &countingHash{h: sha256.New()}
+	err = nar.DumpRegular(ch, io.TeeReader(in, io.MultiWriter(out, fh)), st.Size(), exec)
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		deletePath(tmp)
+		return "", narHash, 0, flat, err
+	}
+	return tmp, hash.FromHasher(hash.SHA256, ch.h), ch.n, hash.FromHasher(algo, fh), nil
+}
+
+// finishAdd installs an object whose path was computed from its contents:
+// temp root, validity check (a valid path wins and the temporary is
+// dropped), canonicalise, sync, install.
+func (s *Store) finishAdd(ctx context.Context, info *store.PathInfo, tmp string) (*store.PathInfo, error) {
+	if err := s.temps.Add(ctx, string(info.Path)); err != nil {
+		deletePath(tmp)
+		return nil, err
+	}
+	if got, err := s.QueryPathInfo(ctx, info.Path); err == nil {
+		deletePath(tmp)
+		return got, nil
+	} else if !errors.Is(err, store.ErrNotValid) {
+		deletePath(tmp)
+		return nil, err
+	}
+	if err := canonicalise(tmp, !s.opts.NoSync); err != nil {
+		deletePath(tmp)
+		return nil, fmt.Errorf("add %s: %w", info.Path, err)
+	}
+	if err := s.installBatch(ctx, []*pending{{info: info, tmp: tmp}}); err != nil {
+		return nil, fmt.Errorf("add %s: %w", info.Path, err)
+	}
+	return s.QueryPathInfo(ctx, info.Path)
+}
+
+// AddText adds a text object (builtins.toFile, a .drv file): a regular
+// file holding content, named name, with the given references (which must
+// be valid), at the text path of §2.3.
+func (s *Store) AddText(ctx context.Context, name string, content []byte, refs []storepath.Path) (*store.PathInfo, error) {
+	if err := storepath.ValidateName(name); err != nil {
+		return nil, fmt.Errorf("add text %s: %w", name, err)
+	}
+	refs = append([]storepath.Path(nil), refs...)
+	storepath.Sort(refs)
+	h := hash.Sum(hash.SHA256, content)
+	p, err := s.Dir().MakeText(name, h, refs)
+	if err != nil {
+		return nil, fmt.Errorf("add text %s: %w", name, err)
+	}
+	tmp, err := s.newTemp(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(tmp, content, 0o644); err != nil {
+		deletePath(tmp)
+		return nil, fmt.Errorf("add text %s: %w", name, err)
+	}
+	ch := &countingHash{h: sha256.New()}
+	nar.DumpBytes(ch, content)
+	info := &store.PathInfo{
+		Path:       p,
+		NarHash:    hash.FromHasher(hash.SHA256, ch.h),
+		NarSize:    ch.n,
+		References: refs,
+		CA:         storepath.ContentAddress{Method: storepath.Text, Hash: h},
+	}
+	return s.finishAdd(ctx, info, tmp)
+}
+
+// AddDerivation writes d's ATerm into the store as nix-instantiate does
+// (a text object named <name>.drv whose references are its input sources
+// and input derivations, all of which must be valid) and records its
+// output paths in DerivationOutputs in the same transaction. d's output
+// paths must be filled in (derivation.FillOutputPaths) and correct.
+func (s *Store) AddDerivation(ctx context.Context, d *derivation.Derivation) (storepath.Path, error) {
+	p, err := d.Path(s.Dir())
+	if err != nil {
+		return "", fmt.Errorf("add derivation %s: %w", d.Name, err)
+	}
+	info, err := s.AddText(ctx, p.Name(), d.ATerm(), d.References())
+	if err != nil {
+		return "", err
+	}
+	if info.Path != p {
+		return "", fmt.Errorf("add derivation %s: wrote %s, expected %s", d.Name, info.Path, p)
+	}
+	return p, nil
+}

@@ -1,0 +1,332 @@
+package localstore
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"golang.org/x/sys/unix"
+
+	"ferry/internal/db"
+	"ferry/internal/lock"
+	"ferry/nix/export"
+	"ferry/nix/hash"
+	"ferry/nix/nar"
+	"ferry/nix/storepath"
+	"ferry/store"
+)
+
+// Export writes paths, which must all be valid, as a nix-store --export
+// stream to w, references before referrers (Nix's exportPaths). Each NAR
+// is hashed as it is written and must still match the database.
+func (s *Store) Export(ctx context.Context, w io.Writer, paths []storepath.Path) error {
+	infos := map[storepath.Path]*store.PathInfo{}
+	for _, p := range paths {
+		if infos[p] != nil {
+			continue
+		}
+		info, err := s.QueryPathInfo(ctx, p)
+		if err != nil {
+			return fmt.Errorf("export: %w", err)
+		}
+		infos[p] = info
+	}
+	sorted, err := TopoSort(keys(infos), func(p storepath.Path) []storepath.Path { return infos[p].References })
+	if err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
+	ew := export.NewWriter(w)
+	for _, p := range sorted {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		info := infos[p]
+		if err := ew.StartPath(); err != nil {
+			return fmt.Errorf("export %s: %w", p, err)
+		}
+		ch := &countingHash{h: sha256.New()}
+		if err := nar.Dump(io.MultiWriter(ew, ch), s.RealPath(p)); err != nil {
+			return fmt.Errorf("export %s: %w", p, err)
+		}
+		if got := hash.FromHasher(hash.SHA256, ch.h); !got.Equal(info.NarHash) {
+			return fmt.Errorf("export %s: hash of path has changed from '%s' to '%s'", p,
+				info.NarHash.Encode(hash.Nix32, true), got.Encode(hash.Nix32, true))
+		}
+		if err := ew.FinishPath(&export.Info{Path: p, References: info.References, Deriver: info.Deriver}); err != nil {
+			return fmt.Errorf("export %s: %w", p, err)
+		}
+	}
+	return ew.Close()
+}
+
+// importBatch is how many imported paths are locked and registered in one
+// transaction.
+const importBatch = 256
+
+// Import reads a nix-store --export stream from r and adds its paths,
+// returning them in stream order (as nix-store --import prints them).
+//
+// An import is all or nothing with respect to the stream: every NAR is
+// restored to a temporary name and verified against its structure, and
+// canonicalised, while the stream is read; nothing is registered unless
+// the whole stream, up to its end marker, is well formed and every
+// reference is valid already or imported by the same stream. Only then
+// are the paths synced and installed, references first, in batches of up
+// to 256 paths, each batch under its path locks in one transaction. (Nix
+// 2.8 instead registers path by path as the stream goes.) A crash or a
+// database failure during that last phase can leave some batches
+// registered; each registered path is complete with its references.
+// Already valid paths are skipped.
+func (s *Store) Import(ctx context.Context, r io.Reader) ([]storepath.Path, error) {
+	br, ok := r.(*bufio.Reader)
+	if !ok {
+		br = bufio.NewReaderSize(r, 64<<10)
+	}
+	er := export.NewReader(br, &export.ReaderOptions{StoreDir: s.Dir()})
+	var (
+		order []storepath.Path
+		pend  = map[storepath.Path]*pending{}
+	)
+	cleanup := func() {
+		for _, p := range pend {
+			if p.tmp != "" {
+				deletePath(p.tmp)
+			}
+		}
+	}
+	for {
+		if err := ctx.Err(); err != nil {
+			cleanup()
+			return nil, err
+		}
+		err := er.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			cleanup()
+			return nil, fmt.Errorf("import: %w", err)
+		}
+		tmp, narHash, narSize, err := s.restoreTemp(ctx, er, nil)
+		if err != nil {
+			cleanup()
+			return nil, fmt.Errorf("import: %w", err)
+		}
+		ei, err := er.Info()
+		if err != nil {
+			deletePath(tmp)
+			cleanup()
+			return nil, fmt.Errorf("import: %w", err)
+		}
+		order = append(order, ei.Path)
+		if pend[ei.Path] != nil {
+			deletePath(tmp) // the same path twice: keep the first
+			continue
+		}
+		if err := canonicalise(tmp, false); err != nil {
+			deletePath(tmp)
+			cleanup()
+			return nil, fmt.Errorf("import %s: %w", ei.Path, err)
+		}
+		pend[ei.Path] = &pending{tmp: tmp, info: &store.PathInfo{
+			Path:       ei.Path,
+			Deriver:    ei.Deriver,
+			NarHash:    narHash,
+			NarSize:    narSize,
+			References: ei.References,
+		}}
+	}
+	defer cleanup()
+
+	// Every reference must be in the stream or valid; protect the valid
+	// ones, then check them.
+	var outside []storepath.Path
+	for _, p := range pend {
+		for _, ref := range p.info.References {
+			if pend[ref] == nil {
+				outside = append(outside, ref)
+			}
+		}
+	}
+	for _, ref := range outside {
+		if err := s.temps.Add(ctx, string(ref)); err != nil {
+			return nil, err
+		}
+	}
+	valid, err := s.QueryValidPaths(ctx, outside)
+	if err != nil {
+		return nil, err
+	}
+	if len(valid) != len(outside) {
+		isValid := map[storepath.Path]bool{}
+		for _, v := range valid {
+			isValid[v] = true
+		}
+		for _, p := range pend {
+			for _, ref := range p.info.References {
+				if pend[ref] == nil && !isValid[ref] {
+					return nil, fmt.Errorf("import: cannot add path '%s' because it references path '%s' which %w", p.info.Path, ref, store.ErrNotValid)
+				}
+			}
+		}
+	}
+	sorted, err := TopoSort(pendKeys(pend), func(p storepath.Path) []storepath.Path { return pend[p].info.References })
+	if err != nil {
+		return nil, fmt.Errorf("import: %w", err)
+	}
+	if !s.opts.NoSync && len(sorted) > 0 {
+		if err := syncfs(s.realDir); err != nil {
+			return nil, err
+		}
+	}
+	for len(sorted) > 0 {
+		n := min(importBatch, len(sorted))
+		batch := make([]*pending, n)
+		for i, p := range sorted[:n] {
+			batch[i] = pend[p]
+		}
+		sorted = sorted[n:]
+		if err := s.installBatch(ctx, batch); err != nil {
+			return nil, fmt.Errorf("import: %w", err)
+		}
+		for _, p := range batch {
+			p.tmp = "" // installBatch removed or moved it
+		}
+	}
+	return order, nil
+}
+
+func pendKeys(m map[storepath.Path]*pending) []storepath.Path {
+	out := make([]storepath.Path, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+// syncfs flushes the file system holding dir: one call instead of an
+// fsync per file when many objects were written.
+func syncfs(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := unix.Syncfs(int(f.Fd())); err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	return nil
+}
+
+// VerifyReport is the outcome of Verify.
+type VerifyReport struct {
+	// Missing are valid paths whose files are gone.
+	Missing []storepath.Path
+	// Invalidated are missing paths that were removed from the database
+	// because nothing referred to them (Nix does this too).
+	Invalidated []storepath.Path
+	// Modified are paths whose contents no longer hash to the database's
+	// NAR hash (with checkContents).
+	Modified []storepath.Path
+	// Messages describe each problem, in Nix's words where it has them.
+	Messages []string
+}
+
+// OK reports whether the store was found consistent: nothing missing
+// that could not be invalidated, nothing modified.
+func (r *VerifyReport) OK() bool {
+	return len(r.Missing) == len(r.Invalidated) && len(r.Modified) == 0
+}
+
+// Verify checks the store like nix-store --verify: every valid path must
+// exist on disk (missing ones without referrers are invalidated); with
+// checkContents every path's NAR is hashed and compared with the
+// database, and a missing NAR size is filled in. With repair, a missing
+// path that still has referrers is reported as not repairable (ferry has
+// no substituters), as are modified ones. The GC lock is held shared
+// throughout, as Nix does, so no GC runs meanwhile.
+func (s *Store) Verify(ctx context.Context, checkContents, repair bool) (*VerifyReport, error) {
+	gcl, err := openGCLock(ctx, s.stateDir)
+	if err != nil {
+		return nil, err
+	}
+	defer gcl.Close()
+	paths, err := s.QueryAllValidPaths(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rep := &VerifyReport{}
+	for _, p := range paths {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		if _, err := os.Lstat(s.RealPath(p)); err != nil {
+			rep.Missing = append(rep.Missing, p)
+			err := s.InvalidatePath(ctx, p)
+			switch {
+			case err == nil:
+				rep.Invalidated = append(rep.Invalidated, p)
+				rep.Messages = append(rep.Messages, fmt.Sprintf("path '%s' disappeared, removing from database...", p))
+			case errors.Is(err, ErrPathInUse):
+				msg := fmt.Sprintf("path '%s' disappeared, but it still has valid referrers!", p)
+				if repair {
+					msg += " (cannot repair: no substituters)"
+				}
+				rep.Messages = append(rep.Messages, msg)
+			default:
+				return nil, err
+			}
+			continue
+		}
+		if !checkContents {
+			continue
+		}
+		info, err := s.QueryPathInfo(ctx, p)
+		if errors.Is(err, store.ErrNotValid) {
+			continue // collected meanwhile
+		}
+		if err != nil {
+			return nil, err
+		}
+		ch := &countingHash{h: sha256.New()}
+		if err := nar.Dump(ch, s.RealPath(p)); err != nil {
+			rep.Modified = append(rep.Modified, p)
+			rep.Messages = append(rep.Messages, fmt.Sprintf("path '%s' cannot be read: %v", p, err))
+			continue
+		}
+		got := hash.FromHasher(hash.SHA256, ch.h)
+		if !got.Equal(info.NarHash) {
+			rep.Modified = append(rep.Modified, p)
+			msg := fmt.Sprintf("path '%s' was modified! expected hash '%s', got '%s'", p,
+				info.NarHash.Encode(hash.Nix32, true), got.Encode(hash.Nix32, true))
+			if repair {
+				msg += " (cannot repair: no substituters)"
+			}
+			rep.Messages = append(rep.Messages, msg)
+			continue
+		}
+		if info.NarSize == 0 {
+			info.NarSize = ch.n
+			if err := s.db.Write(ctx, func(tx *db.Tx) error { return tx.UpdatePathInfo(info) }); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return rep, nil
+}
+
+func openGCLock(ctx context.Context, stateDir string) (*os.File, error) {
+	f, err := lock.OpenLockFile(lock.GCLockPath(stateDir))
+	if err != nil {
+		return nil, fmt.Errorf("verify: %w", err)
+	}
+	if err := lock.Flock(ctx, f, lock.Shared); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("verify: %w", err)
+	}
+	return f, nil
+}

@@ -1,0 +1,287 @@
+package localstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+
+	"ferry/internal/db"
+	"ferry/nix/nar"
+	"ferry/nix/storepath"
+	"ferry/store"
+)
+
+// ErrPathInUse is returned by InvalidatePath for a path that other valid
+// paths still refer to.
+var ErrPathInUse = errors.New("is in use")
+
+func (s *Store) checkDir(p storepath.Path) error {
+	if p == "" || p.Dir() != s.Dir() {
+		return fmt.Errorf("path '%s' is not in the store directory %s: %w", p, s.Dir(), storepath.ErrInvalid)
+	}
+	return nil
+}
+
+// QueryPathInfo returns what the database knows about p, or an error
+// wrapping store.ErrNotValid.
+func (s *Store) QueryPathInfo(ctx context.Context, p storepath.Path) (*store.PathInfo, error) {
+	if err := s.checkDir(p); err != nil {
+		return nil, err
+	}
+	var info *store.PathInfo
+	err := s.db.Read(ctx, func(tx *db.Tx) error {
+		var err error
+		info, err = tx.QueryPathInfo(p)
+		return err
+	})
+	return info, err
+}
+
+// IsValidPath reports whether p is registered.
+func (s *Store) IsValidPath(ctx context.Context, p storepath.Path) (bool, error) {
+	var ok bool
+	err := s.db.Read(ctx, func(tx *db.Tx) error {
+		var err error
+		ok, err = tx.IsValid(p)
+		return err
+	})
+	return ok, err
+}
+
+// QueryValidPaths returns the valid ones of paths, in the order given.
+func (s *Store) QueryValidPaths(ctx context.Context, paths []storepath.Path) ([]storepath.Path, error) {
+	var out []storepath.Path
+	err := s.db.Read(ctx, func(tx *db.Tx) error {
+		out = out[:0]
+		for _, p := range paths {
+			ok, err := tx.IsValid(p)
+			if err != nil {
+				return err
+			}
+			if ok {
+				out = append(out, p)
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// QueryAllValidPaths returns every valid path, sorted.
+func (s *Store) QueryAllValidPaths(ctx context.Context) ([]storepath.Path, error) {
+	var out []storepath.Path
+	err := s.db.Read(ctx, func(tx *db.Tx) error {
+		var err error
+		out, err = tx.QueryValidPaths()
+		return err
+	})
+	return out, err
+}
+
+// QueryReferences returns the sorted references of the valid path p.
+func (s *Store) QueryReferences(ctx context.Context, p storepath.Path) ([]storepath.Path, error) {
+	info, err := s.QueryPathInfo(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	return info.References, nil
+}
+
+// QueryReferrers returns the sorted valid paths that refer to p (p itself
+// if it refers to itself). An invalid p has none.
+func (s *Store) QueryReferrers(ctx context.Context, p storepath.Path) ([]storepath.Path, error) {
+	var out []storepath.Path
+	err := s.db.Read(ctx, func(tx *db.Tx) error {
+		var err error
+		out, err = tx.QueryReferrers(p)
+		return err
+	})
+	return out, err
+}
+
+// QueryDeriver returns the recorded deriver of the valid path p, or "".
+func (s *Store) QueryDeriver(ctx context.Context, p storepath.Path) (storepath.Path, error) {
+	info, err := s.QueryPathInfo(ctx, p)
+	if err != nil {
+		return "", err
+	}
+	return info.Deriver, nil
+}
+
+// QueryValidDerivers returns the valid derivations that have p as a
+// statically known output (the DerivationOutputs table).
+func (s *Store) QueryValidDerivers(ctx context.Context, p storepath.Path) ([]storepath.Path, error) {
+	var out []storepath.Path
+	err := s.db.Read(ctx, func(tx *db.Tx) error {
+		var err error
+		out, err = tx.QueryValidDerivers(p)
+		return err
+	})
+	return out, err
+}
+
+// QueryDerivationOutputs returns the recorded outputs of the valid
+// derivation drv, by output name.
+func (s *Store) QueryDerivationOutputs(ctx context.Context, drv storepath.Path) (map[string]storepath.Path, error) {
+	var out map[string]storepath.Path
+	err := s.db.Read(ctx, func(tx *db.Tx) error {
+		id, ok, err := tx.PathID(drv)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("path '%s' %w", drv, store.ErrNotValid)
+		}
+		out, err = tx.QueryDerivationOutputs(id)
+		return err
+	})
+	return out, err
+}
+
+// QueryPathFromHashPart returns the valid path with the given 32-character
+// hash part, and false if there is none.
+func (s *Store) QueryPathFromHashPart(ctx context.Context, hashPart string) (storepath.Path, bool, error) {
+	var p storepath.Path
+	var ok bool
+	err := s.db.Read(ctx, func(tx *db.Tx) error {
+		var err error
+		p, ok, err = tx.QueryPathFromHashPart(s.Dir(), hashPart)
+		return err
+	})
+	return p, ok, err
+}
+
+// QueryClosure returns the sorted closure of paths under references (Nix's
+// computeFSClosure). With includeOutputs, the valid outputs of every
+// derivation in the closure, and their closures, are included too (as
+// nix-store -qR --include-outputs). Every path given must be valid.
+func (s *Store) QueryClosure(ctx context.Context, paths []storepath.Path, includeOutputs bool) ([]storepath.Path, error) {
+	seen := map[storepath.Path]bool{}
+	err := s.db.Read(ctx, func(tx *db.Tx) error {
+		clear(seen)
+		queue := append([]storepath.Path(nil), paths...)
+		for len(queue) > 0 {
+			p := queue[len(queue)-1]
+			queue = queue[:len(queue)-1]
+			if seen[p] {
+				continue
+			}
+			id, ok, err := tx.PathID(p)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				return fmt.Errorf("path '%s' %w", p, store.ErrNotValid)
+			}
+			seen[p] = true
+			refs, err := tx.QueryReferences(id)
+			if err != nil {
+				return err
+			}
+			queue = append(queue, refs...)
+			if includeOutputs && p.IsDerivation() {
+				outs, err := tx.QueryDerivationOutputs(id)
+				if err != nil {
+					return err
+				}
+				for _, o := range outs {
+					if ok, err := tx.IsValid(o); err != nil {
+						return err
+					} else if ok {
+						queue = append(queue, o)
+					}
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]storepath.Path, 0, len(seen))
+	for p := range seen {
+		out = append(out, p)
+	}
+	storepath.Sort(out)
+	return out, nil
+}
+
+// TopoSort orders paths so that every path comes after the paths of the
+// set it refers to (references first, the order of an export stream).
+// Self-references are ignored; a cycle is an error.
+func TopoSort(paths []storepath.Path, refs func(storepath.Path) []storepath.Path) ([]storepath.Path, error) {
+	in := map[storepath.Path]bool{}
+	for _, p := range paths {
+		in[p] = true
+	}
+	const (
+		visiting = 1
+		done     = 2
+	)
+	state := map[storepath.Path]int{}
+	out := make([]storepath.Path, 0, len(paths))
+	var visit func(p storepath.Path, parent storepath.Path) error
+	visit = func(p, parent storepath.Path) error {
+		switch state[p] {
+		case visiting:
+			return fmt.Errorf("cycle detected in the references of '%s' from '%s'", p, parent)
+		case done:
+			return nil
+		}
+		state[p] = visiting
+		for _, r := range refs(p) {
+			if r != p && in[r] {
+				if err := visit(r, p); err != nil {
+					return err
+				}
+			}
+		}
+		state[p] = done
+		out = append(out, p)
+		return nil
+	}
+	sorted := append([]storepath.Path(nil), paths...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i] < sorted[j] })
+	for _, p := range sorted {
+		if err := visit(p, ""); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// NarFromPath writes the NAR of the valid path p to w.
+func (s *Store) NarFromPath(ctx context.Context, p storepath.Path, w io.Writer) error {
+	if _, err := s.QueryPathInfo(ctx, p); err != nil {
+		return err
+	}
+	if err := nar.Dump(w, s.RealPath(p)); err != nil {
+		return fmt.Errorf("dump %s: %w", p, err)
+	}
+	return nil
+}
+
+// InvalidatePath removes p from the database (not from disk) in one
+// transaction, refusing with ErrPathInUse if a valid path other than p
+// itself refers to it (Nix's invalidatePathChecked). The garbage collector
+// calls it before deleting p's files. An invalid p is not an error.
+func (s *Store) InvalidatePath(ctx context.Context, p storepath.Path) error {
+	return s.db.Write(ctx, func(tx *db.Tx) error {
+		ok, err := tx.IsValid(p)
+		if err != nil || !ok {
+			return err
+		}
+		refs, err := tx.QueryReferrers(p)
+		if err != nil {
+			return err
+		}
+		for _, r := range refs {
+			if r != p {
+				return fmt.Errorf("cannot delete path '%s' because it %w by '%s'", p, ErrPathInUse, r)
+			}
+		}
+		return tx.InvalidatePath(p)
+	})
+}

@@ -1,0 +1,267 @@
+// Package localstore is a Nix-compatible store on disk: the tree of store
+// objects, the SQLite database and the locks, laid out exactly as Nix 2.8
+// lays them out, so that ferry and real Nix can work on the same store at
+// the same time (store-format.md §5 to §7).
+//
+// A store is opened at a physical root directory: root "/" is the
+// machine's /nix; any other root keeps its objects in <root>/nix/store and
+// its state in <root>/nix/var/nix, while its logical store directory stays
+// /nix/store, so every path and hash is the one a normal Nix store has
+// (Nix's "--store /some/dir", a chroot store).
+//
+// README.md in this directory states the locking order and the crash
+// safety invariants every write path follows.
+package localstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+
+	"ferry/internal/db"
+	"ferry/internal/lock"
+	"ferry/nix/derivation"
+	"ferry/nix/storepath"
+	"ferry/store"
+)
+
+// Options configure Open. A nil *Options means the defaults.
+type Options struct {
+	// NoSync skips the fsync of added files and directories before they
+	// are renamed into place and registered (the zero value syncs).
+	// Without syncing, a crash of the process still leaves no incomplete
+	// valid path, but a crash of the machine may.
+	NoSync bool
+}
+
+// Store is an open local store. It is safe for concurrent use by many
+// goroutines; several Stores (in one or many processes, ferry or Nix) may
+// work on the same root at once.
+type Store struct {
+	root     string // physical root, absolute
+	realDir  string // <root>/nix/store
+	stateDir string // <root>/nix/var/nix
+	opts     Options
+
+	db    *db.DB
+	big   *lock.BigLock
+	temps *lock.TempRoots
+
+	cleanOnce sync.Once
+	tmpSeq    atomic.Uint64
+	memo      derivation.Memo
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+var _ store.Store = (*Store)(nil)
+var _ store.TempRooter = (*Store)(nil)
+
+// Open opens the local store rooted at the physical directory root,
+// creating the directories, database and schema file like Nix does if they
+// don't exist yet. It takes the big lock shared for the life of the Store
+// (exclusive while it initialises a new database).
+func Open(root string, opts *Options) (*Store, error) {
+	if opts == nil {
+		opts = &Options{}
+	}
+	abs, err := filepath.Abs(root)
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", root, err)
+	}
+	s := &Store{
+		root:     abs,
+		realDir:  filepath.Join(abs, string(storepath.DefaultDir)),
+		stateDir: filepath.Join(abs, "nix/var/nix"),
+		opts:     *opts,
+	}
+	if err := s.makeDirs(); err != nil {
+		return nil, fmt.Errorf("open store %s: %w", abs, err)
+	}
+	ctx := context.Background()
+	dbDir := filepath.Join(s.stateDir, "db")
+	schema, err := db.ReadSchemaFile(dbDir)
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", abs, err)
+	}
+	mode := lock.Shared
+	if schema == 0 {
+		mode = lock.Exclusive // initialise alone
+	}
+	s.big, err = lock.AcquireBigLock(ctx, filepath.Join(dbDir, "big-lock"), mode)
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", abs, err)
+	}
+	if mode == lock.Exclusive {
+		// Someone may have initialised it while we waited.
+		if schema, err = db.ReadSchemaFile(dbDir); err != nil {
+			s.big.Release()
+			return nil, fmt.Errorf("open store %s: %w", abs, err)
+		}
+	}
+	switch {
+	case schema > db.SchemaVersion:
+		s.big.Release()
+		return nil, fmt.Errorf("open store %s: database schema version %d is newer than %d", abs, schema, db.SchemaVersion)
+	case schema != 0 && schema < db.SchemaVersion:
+		s.big.Release()
+		return nil, fmt.Errorf("open store %s: database schema version %d needs an upgrade (run Nix once)", abs, schema)
+	}
+	s.db, err = db.Open(filepath.Join(dbDir, "db.sqlite"), &db.Options{Create: schema == 0})
+	if err != nil {
+		s.big.Release()
+		return nil, fmt.Errorf("open store %s: %w", abs, err)
+	}
+	if schema == 0 {
+		if err := db.WriteSchemaFile(dbDir); err != nil {
+			s.db.Close()
+			s.big.Release()
+			return nil, fmt.Errorf("open store %s: %w", abs, err)
+		}
+	}
+	if mode == lock.Exclusive {
+		if err := s.big.Downgrade(ctx); err != nil {
+			s.db.Close()
+			s.big.Release()
+			return nil, fmt.Errorf("open store %s: %w", abs, err)
+		}
+	}
+	s.temps = lock.OpenTempRoots(s.stateDir)
+	return s, nil
+}
+
+// makeDirs creates the layout a fresh Nix 2.8 store has (verified with
+// nix-store --store DIR --add): the store and state directories, db,
+// temproots, gcroots/per-user/<user>, profiles/per-user/<user> and the
+// gcroots/profiles symlink, all 0755.
+func (s *Store) makeDirs() error {
+	u := "root"
+	if cu, err := user.Current(); err == nil {
+		u = cu.Username
+	}
+	for _, d := range []string{
+		s.realDir,
+		filepath.Join(s.stateDir, "db"),
+		filepath.Join(s.stateDir, "temproots"),
+		filepath.Join(s.stateDir, "gcroots/per-user", u),
+		filepath.Join(s.stateDir, "profiles/per-user", u),
+	} {
+		if _, err := os.Stat(d); err == nil {
+			continue
+		}
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	link := filepath.Join(s.stateDir, "gcroots/profiles")
+	if _, err := os.Lstat(link); os.IsNotExist(err) {
+		if err := os.Symlink(filepath.Join(s.stateDir, "profiles"), link); err != nil && !os.IsExist(err) {
+			return err
+		}
+	}
+	return nil
+}
+
+// Close releases the store: the temp roots file (when no other Store of
+// this process uses the same root), the database and the big lock.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		errs := []error{s.temps.Close(), s.db.Close(), s.big.Release()}
+		s.closeErr = errors.Join(errs...)
+	})
+	return s.closeErr
+}
+
+// Dir is the logical store directory, always /nix/store.
+func (s *Store) Dir() storepath.Dir { return storepath.DefaultDir }
+
+// Root is the physical root directory the store was opened at.
+func (s *Store) Root() string { return s.root }
+
+// RealDir is the physical store directory, <root>/nix/store.
+func (s *Store) RealDir() string { return s.realDir }
+
+// StateDir is the physical state directory, <root>/nix/var/nix (gcroots,
+// profiles, temproots, gc.lock, db).
+func (s *Store) StateDir() string { return s.stateDir }
+
+// RealPath is where the object of p lives on disk.
+func (s *Store) RealPath(p storepath.Path) string {
+	return filepath.Join(s.realDir, p.Base())
+}
+
+// DB is the store's database, for the garbage collector and other
+// packages that need statements this package doesn't wrap.
+func (s *Store) DB() *db.DB { return s.db }
+
+// TempRoots is this process's temp roots file of the store.
+func (s *Store) TempRoots() *lock.TempRoots { return s.temps }
+
+// AddTempRoot protects p from garbage collection until the Store (and
+// every other Store of this process on the same root) is closed. It does
+// not make p valid: check validity after it.
+func (s *Store) AddTempRoot(ctx context.Context, p storepath.Path) error {
+	return s.temps.Add(ctx, string(p))
+}
+
+// Select picks the physical root of the local store to use, following
+// issue 3's rules: the --store flag (a directory, "/" or "local", or
+// "local?root=DIR"), else $FERRY_STORE (same forms), else "/" when
+// /nix/var/nix/db is writable, else a per-user store in
+// ${XDG_DATA_HOME:-~/.local/share}/ferry. why says which rule decided, for
+// -v. A store URI that is not local (e.g. ssh://host) yields root "" and
+// why explains; the caller handles those.
+func Select(flag string) (root string, why string) {
+	if flag != "" && flag != "auto" {
+		return selectSpec(flag, "--store "+flag)
+	}
+	if env := os.Getenv("FERRY_STORE"); env != "" && env != "auto" {
+		return selectSpec(env, "FERRY_STORE="+env)
+	}
+	if unix.Access("/nix/var/nix/db", unix.W_OK) == nil {
+		return "/", "/nix/var/nix/db is writable"
+	}
+	base := os.Getenv("XDG_DATA_HOME")
+	if base == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			home = "/"
+		}
+		base = filepath.Join(home, ".local/share")
+	}
+	return filepath.Join(base, "ferry"), "per-user store: /nix/var/nix/db is not writable"
+}
+
+func selectSpec(spec, why string) (string, string) {
+	switch {
+	case spec == "local" || spec == "/" || spec == "daemon":
+		return "/", why
+	case strings.HasPrefix(spec, "local?"):
+		for _, kv := range strings.Split(strings.TrimPrefix(spec, "local?"), "&") {
+			if r, ok := strings.CutPrefix(kv, "root="); ok && r != "" {
+				abs, err := filepath.Abs(r)
+				if err != nil {
+					return "", why + ": " + err.Error()
+				}
+				return abs, why
+			}
+		}
+		return "/", why
+	case strings.Contains(spec, "://"):
+		return "", why + ": not a local store"
+	}
+	abs, err := filepath.Abs(spec)
+	if err != nil {
+		return "", why + ": " + err.Error()
+	}
+	return abs, why
+}

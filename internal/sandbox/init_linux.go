@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"syscall"
 	"unsafe"
 )
@@ -102,6 +103,9 @@ func readSpec() (*initSpec, error) {
 }
 
 func runInit(is *initSpec) error {
+	// Capabilities, no_new_privs, the seccomp filter and the personality
+	// belong to a thread: set them on the one that execs the builder.
+	runtime.LockOSThread()
 	syscall.Umask(0o022)
 	switch is.Mode {
 	case modeSandbox:
@@ -134,6 +138,9 @@ func runInit(is *initSpec) error {
 	prctl(prCapAmbient, prCapAmbientClearAll, 0)
 	if err := prctl(prSetNoNewPrivs, 1, 0); err != nil {
 		return fmt.Errorf("set no_new_privs: %w", err)
+	}
+	if err := installSeccomp(); err != nil {
+		return err
 	}
 	var rl syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_CORE, &rl); err == nil {

@@ -192,6 +192,9 @@ func TestSandboxEnvironment(t *testing.T) {
 		echo personality=$($B cat /proc/self/personality)
 		echo nonewprivs=$($B grep NoNewPrivs /proc/self/status | $B tr -d '\t ' | $B cut -d: -f2)
 		echo capeff=$($B grep CapEff /proc/self/status | $B tr -d '\t ' | $B cut -d: -f2)
+		echo seccomp=$($B grep Seccomp: /proc/self/status | $B tr -d '\t ' | $B cut -d: -f2)
+		echo x >/tmp/suid; $B chmod 4755 /tmp/suid 2>/dev/null && echo setuid=allowed
+		$B chmod 0755 /tmp/suid && echo chmod=ok
 		echo core=$(ulimit -c)
 		echo umask=$(umask)
 		echo tmp=$($B stat -c %f /tmp)
@@ -225,6 +228,9 @@ func TestSandboxEnvironment(t *testing.T) {
 		"nonewprivs":  "1",
 		"capeff":      "0000000000000000",
 		"core":        "0",
+		"seccomp":     "2",
+		"chmod":       "ok",
+		"setuid":      "",
 		"umask":       "0022",
 		"tmp":         "43ff",
 		"store":       "43fd",
@@ -484,13 +490,18 @@ func countProcs(marker string) int {
 }
 
 func TestDirect(t *testing.T) {
-	spec := directSpec(t, `echo pwd=$($B pwd); echo env=$($B env | $B sort | $B tr '\n' ,); echo x >out`)
+	spec := directSpec(t, `echo pwd=$($B pwd); echo env=$($B env | $B sort | $B tr '\n' ,); echo x >out
+		$B chmod 4755 out 2>/dev/null && echo setuid=allowed
+		$B chmod 0755 out && echo chmod=ok`)
 	spec.Env = append(spec.Env, "A=1")
 	out, err := run(t, spec)
 	if err != nil {
 		t.Fatalf("Wait: %v\n%s", err, out)
 	}
 	kv := keyValues(out)
+	if kv["setuid"] != "" || kv["chmod"] != "ok" {
+		t.Errorf("seccomp: setuid=%q chmod=%q, want setuid refused and chmod allowed", kv["setuid"], kv["chmod"])
+	}
 	if kv["pwd"] != spec.BuildDir {
 		t.Errorf("pwd = %q, want %q", kv["pwd"], spec.BuildDir)
 	}

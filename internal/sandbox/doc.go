@@ -22,7 +22,10 @@
 //		...
 //	}
 //
-// The init does its setup, then execs the builder, so the builder replaces it:
+// The init does its setup (in both modes: umask 022, RLIMIT_CORE 0,
+// ADDR_NO_RANDOMIZE, no_new_privs and Nix's seccomp filter refusing setuid
+// and setgid modes and extended attributes, as in store-format.md §8.1), then
+// execs the builder, so the builder replaces it:
 // inside the sandbox the builder is PID 1, as in Nix, and when it exits the
 // kernel kills everything left in its PID namespace.
 //
@@ -42,6 +45,14 @@
 // owns the caller's files and could otherwise chmod and rewrite its inputs,
 // or /bin/busybox on the host when ferry runs as root.
 //
+// Without a user namespace (max_user_namespaces is 0) only root can sandbox,
+// and the builder runs as Spec.UID and Spec.GID, or as root if they are zero.
+//
+// # Output and end of build
+//
+// The builder's stdout and stderr are one pipe. As in Nix, the build ends when
+// that pipe reaches EOF: [Process.Wait] then kills the builder's process
+// group, so a builder that closes its output early is killed by SIGKILL.
 // After the builder exits, [Process.Wait] renames every output the builder
 // created from the chroot to <RealStoreDir>/<base> and removes the chroot.
 package sandbox

@@ -6,8 +6,11 @@ import (
 	"os"
 
 	"ferry/internal/cli"
+	"ferry/internal/sandbox"
 )
 
 func main() {
+	// A re-exec of ferry as a build sandbox's init never returns from here.
+	sandbox.Init()
 	os.Exit(cli.Main(os.Args[1:]))
 }

@@ -583,15 +583,34 @@ func (s *Store) AddPath(ctx context.Context, srcPath string, method storepath.Me
 		narSize uint64
 		caHash  hash.Hash
 	)
-	switch method {
-	case storepath.Recursive:
+	st, err := os.Lstat(srcPath)
+	if err != nil {
+		return nil, fmt.Errorf("add %s: %w", srcPath, err)
+	}
+	switch {
+	case method == storepath.Recursive && st.Mode().IsRegular():
+		// A single file: copy it directly rather than through a NAR.
+		var extra gohash.Hash
+		var w io.Writer
+		if algo != hash.SHA256 {
+			extra = algo.New()
+			w = extra
+		}
+		tmp, narHash, narSize, err = s.copyRegular(ctx, srcPath, nil, w)
+		if err != nil {
+			return nil, fmt.Errorf("add %s: %w", srcPath, err)
+		}
+		caHash = narHash
+		if extra != nil {
+			caHash = hash.FromHasher(algo, extra)
+		}
+	case method == storepath.Recursive:
 		var extra gohash.Hash
 		if algo != hash.SHA256 {
 			extra = algo.New()
 		}
 		pr, pw := io.Pipe()
 		go func() { pw.CloseWithError(nar.Dump(pw, srcPath)) }()
-		var err error
 		var w io.Writer
 		if extra != nil {
 			w = extra
@@ -605,12 +624,13 @@ func (s *Store) AddPath(ctx context.Context, srcPath string, method storepath.Me
 		if extra != nil {
 			caHash = hash.FromHasher(algo, extra)
 		}
-	case storepath.Flat:
-		var err error
-		tmp, narHash, narSize, caHash, err = s.copyFlat(ctx, srcPath, algo)
+	case method == storepath.Flat:
+		fh := algo.New()
+		tmp, narHash, narSize, err = s.copyRegular(ctx, srcPath, fh, nil)
 		if err != nil {
 			return nil, fmt.Errorf("add %s: %w", srcPath, err)
 		}
+		caHash = hash.FromHasher(algo, fh)
 	default:
 		return nil, fmt.Errorf("add %s: method must be flat or recursive", srcPath)
 	}
@@ -624,45 +644,75 @@ func (s *Store) AddPath(ctx context.Context, srcPath string, method storepath.Me
 	return s.finishAdd(ctx, info, tmp)
 }
 
-// copyFlat copies a regular file to a temporary name, computing its NAR
-// hash and its flat hash with algo in the same pass.
-func (s *Store) copyFlat(ctx context.Context, src string, algo hash.Algorithm) (tmp string, narHash hash.Hash, narSize uint64, flat hash.Hash, err error) {
+// copyRegular copies the regular file src to a temporary name in one
+// pass, computing its NAR hash and size, and feeding its contents to
+// content and its NAR to narExtra when they are not nil. With syncing on,
+// writeback is started every few MiB so the final fsync has little left.
+func (s *Store) copyRegular(ctx context.Context, src string, content, narExtra io.Writer) (tmp string, narHash hash.Hash, narSize uint64, err error) {
 	in, err := os.Open(src)
 	if err != nil {
-		return "", narHash, 0, flat, err
+		return "", narHash, 0, err
 	}
 	defer in.Close()
 	st, err := in.Stat()
 	if err != nil {
-		return "", narHash, 0, flat, err
+		return "", narHash, 0, err
 	}
 	if !st.Mode().IsRegular() {
-		return "", narHash, 0, flat, fmt.Errorf("flat hashing needs a regular file")
+		return "", narHash, 0, fmt.Errorf("flat hashing needs a regular file")
 	}
 	tmp, err = s.newTemp(ctx)
 	if err != nil {
-		return "", narHash, 0, flat, err
+		return "", narHash, 0, err
 	}
 	exec := st.Mode()&0o100 != 0
-	mode := os.FileMode(0o444)
+	mode := os.FileMode(0o644)
 	if exec {
-		mode = 0o555
+		mode = 0o755
 	}
-	out, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode|0o200)
+	out, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
 	if err != nil {
-		return "", narHash, 0, flat, err
+		return "", narHash, 0, err
 	}
-	fh := algo.New()
+	var fileW io.Writer = out
+	if !s.opts.NoSync {
+		fileW = &writeback{f: out}
+	}
+	if content != nil {
+		fileW = io.MultiWriter(fileW, content)
+	}
 	ch := &countingHash{h: sha256.New()}
-	err = nar.DumpRegular(ch, io.TeeReader(in, io.MultiWriter(out, fh)), st.Size(), exec)
+	var narW io.Writer = ch
+	if narExtra != nil {
+		narW = io.MultiWriter(ch, narExtra)
+	}
+	err = nar.DumpRegular(narW, io.TeeReader(in, fileW), st.Size(), exec)
 	if cerr := out.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
 		deletePath(tmp)
-		return "", narHash, 0, flat, err
+		return "", narHash, 0, err
 	}
-	return tmp, hash.FromHasher(hash.SHA256, ch.h), ch.n, hash.FromHasher(algo, fh), nil
+	return tmp, hash.FromHasher(hash.SHA256, ch.h), ch.n, nil
+}
+
+// writeback writes to a file and asks the kernel to start writing back
+// each 8 MiB as it is done (sync_file_range), overlapping the disk with
+// the copy instead of leaving everything to the final fsync.
+type writeback struct {
+	f        *os.File
+	off, syn int64
+}
+
+func (w *writeback) Write(p []byte) (int, error) {
+	n, err := w.f.Write(p)
+	w.off += int64(n)
+	if w.off-w.syn >= 8<<20 {
+		unix.SyncFileRange(int(w.f.Fd()), w.syn, w.off-w.syn, unix.SYNC_FILE_RANGE_WRITE)
+		w.syn = w.off
+	}
+	return n, err
 }
 
 // finishAdd installs an object whose path was computed from its contents:

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"ferry/internal/lock"
 	"ferry/nix/storepath"
@@ -184,14 +185,16 @@ func (s *server) serve(c net.Conn) {
 	}
 }
 
-// close stops accepting, drops every client (they see EOF and start over
-// with gc.lock) and waits for the handlers.
+// close stops accepting and ends every connection once its handler has
+// answered what it already read (a request read but not answered would
+// make the client start over, which is safe but slower), then waits for
+// the handlers. Clients see EOF and start over with gc.lock.
 func (s *server) close() {
 	s.mu.Lock()
 	s.closed = true
 	s.ln.Close()
 	for c := range s.conns {
-		c.Close()
+		c.SetReadDeadline(time.Unix(1, 0))
 	}
 	s.mu.Unlock()
 	s.wg.Wait()

@@ -462,3 +462,19 @@ func TestMaxFreed(t *testing.T) {
 		t.Errorf("%d paths left", len(all))
 	}
 }
+
+// FuzzSocketLine feeds arbitrary gc-socket lines to the parser the
+// server uses: it never panics, and what it accepts is a hash part.
+func FuzzSocketLine(f *testing.F) {
+	f.Add("/nix/store/19mw70w8drkgn53791gs2mwvyl34s5v6-a.txt")
+	f.Add("/r/nix/store/19mw70w8drkgn53791gs2mwvyl34s5v6-a/bin/../x")
+	f.Add("/nix/store/../etc/passwd")
+	f.Add("garbage")
+	f.Add("/nix/store/")
+	f.Fuzz(func(t *testing.T, line string) {
+		h, ok := hashPartOf(storepath.DefaultDir, "/r/nix/store", line)
+		if ok && len(h) != storepath.HashLen {
+			t.Errorf("hash part %q of %q", h, line)
+		}
+	})
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -477,4 +478,30 @@ func FuzzSocketLine(f *testing.F) {
 			t.Errorf("hash part %q of %q", h, line)
 		}
 	})
+}
+
+// TestServerLongPath: a state directory too deep for sun_path still gets
+// its socket, bound through the directory's descriptor.
+func TestServerLongPath(t *testing.T) {
+	state := filepath.Join(t.TempDir(), strings.Repeat("d", 60), strings.Repeat("e", 60))
+	srv, err := startServer(state, storepath.DefaultDir, "/r/nix/store", newRoots())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.close()
+	d, err := os.Open(filepath.Dir(lock.GCSocketPath(state)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	c, err := net.Dial("unix", fmt.Sprintf("/proc/self/fd/%d/socket", d.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("x\n"))
+	var b [1]byte
+	if _, err := c.Read(b[:]); err != nil || b[0] != '1' {
+		t.Errorf("%q %v", b, err)
+	}
 }

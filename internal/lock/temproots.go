@@ -168,8 +168,7 @@ func (t *TempRoots) tellGC(ctx context.Context, p string) (bool, error) {
 		return false, fmt.Errorf("add temp root: %w", err)
 	}
 	if t.conn == nil {
-		var d net.Dialer
-		c, err := d.DialContext(ctx, "unix", GCSocketPath(t.stateDir))
+		c, err := dialGC(ctx, GCSocketPath(t.stateDir))
 		if err != nil {
 			if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT) {
 				// The GC has the lock but no socket yet, or has
@@ -320,3 +319,22 @@ func ProcessAlive(stateDir string, pid int) (bool, error) {
 	}
 	return true, nil
 }
+
+// dialGC connects to the GC socket at sock. A sockaddr_un holds at most
+// 107 bytes of path, so a longer path is reached through an O_PATH
+// descriptor of its directory (/proc/self/fd/N/socket), as the GC binds it.
+func dialGC(ctx context.Context, sock string) (net.Conn, error) {
+	var d net.Dialer
+	if len(sock) < 100 {
+		return d.DialContext(ctx, "unix", sock)
+	}
+	dir, err := os.OpenFile(filepath.Dir(sock), os.O_RDONLY|oPath|syscall.O_DIRECTORY, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer dir.Close()
+	return d.DialContext(ctx, "unix", "/proc/self/fd/"+strconv.Itoa(int(dir.Fd()))+"/"+filepath.Base(sock))
+}
+
+// oPath is Linux's O_PATH, which package syscall does not name.
+const oPath = 0x200000

@@ -1,0 +1,368 @@
+// Package settings reads the nix.conf settings ferry understands, from the
+// same places and with the same precedence as Nix 2.8, so that a machine set
+// up for Nix needs no second configuration: $NIX_CONF_DIR/nix.conf (default
+// /etc/nix/nix.conf), then the user's files ($NIX_USER_CONF_FILES, else
+// $XDG_CONFIG_DIRS and $XDG_CONFIG_HOME nix/nix.conf), then $NIX_CONFIG.
+// Later settings override earlier ones, "extra-NAME" appends to a list,
+// "include FILE" and "!include FILE" read another file (the "!" form
+// ignores a missing one). Settings ferry doesn't know are ignored, as
+// options for other programs. Command-line flags are applied last by the
+// caller, with Set.
+package settings
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Sandbox modes, as nix.conf's "sandbox" spells them.
+const (
+	SandboxOn      = "true"
+	SandboxOff     = "false"
+	SandboxRelaxed = "relaxed"
+)
+
+// Settings are the build settings ferry takes from nix.conf. The zero
+// value is not the default: use Default.
+type Settings struct {
+	// Sandbox is "true", "false" or "relaxed" (treated as "true": ferry
+	// doesn't honour __noChroot). Default "true".
+	Sandbox string
+	// SandboxFallback lets a build run unsandboxed when namespaces don't
+	// work. Default true.
+	SandboxFallback bool
+	// SandboxPaths are the sandbox-paths entries as written:
+	// "target=source", "path" (same inside and out), each optionally
+	// ending in "?". Default "/bin/sh=/bin/busybox" when /bin/busybox
+	// exists (Nix's compiled-in SANDBOX_SHELL on Debian), else empty.
+	SandboxPaths []string
+	// Cores is NIX_BUILD_CORES; 0 means every hardware thread. Default
+	// the number of hardware threads.
+	Cores int
+	// MaxJobs is how many builds run at once. Default 1; "auto" is the
+	// number of hardware threads.
+	MaxJobs int
+	// MaxSilentTime kills a builder silent for that long; 0 means never.
+	MaxSilentTime time.Duration
+	// Timeout kills a builder running for that long; 0 means never.
+	Timeout time.Duration
+	// MaxLogSize kills a builder writing more log bytes; 0 means no limit.
+	MaxLogSize uint64
+	// KeepFailed keeps the build directory of a failed build.
+	KeepFailed bool
+	// BuildDir is where build directories are made; "" means $TMPDIR or
+	// /tmp (Nix 2.8 has no such setting; ferry reads "build-dir" as
+	// later Nix does).
+	BuildDir string
+	// System is the platform this machine builds for. Default
+	// "x86_64-linux" style, from GOARCH and GOOS.
+	System string
+	// ExtraPlatforms are other platforms it can build for (i686-linux
+	// on x86_64-linux by default).
+	ExtraPlatforms []string
+	// SystemFeatures are the features of this machine
+	// (requiredSystemFeatures). Default nixos-test, benchmark,
+	// big-parallel, plus kvm when /dev/kvm exists.
+	SystemFeatures []string
+}
+
+// Default returns Nix 2.8's defaults for this machine.
+func Default() *Settings {
+	s := &Settings{
+		Sandbox:         SandboxOn,
+		SandboxFallback: true,
+		Cores:           runtime.NumCPU(),
+		MaxJobs:         1,
+		System:          thisSystem(),
+		SystemFeatures:  []string{"nixos-test", "benchmark", "big-parallel"},
+	}
+	if _, err := os.Stat("/bin/busybox"); err == nil {
+		s.SandboxPaths = []string{"/bin/sh=/bin/busybox"}
+	}
+	if s.System == "x86_64-linux" {
+		s.ExtraPlatforms = []string{"i686-linux"}
+	}
+	if f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0); err == nil {
+		f.Close()
+		s.SystemFeatures = append(s.SystemFeatures, "kvm")
+	}
+	return s
+}
+
+func thisSystem() string {
+	arch := map[string]string{"amd64": "x86_64", "arm64": "aarch64", "386": "i686", "arm": "armv7l", "riscv64": "riscv64"}[runtime.GOARCH]
+	if arch == "" {
+		arch = runtime.GOARCH
+	}
+	return arch + "-" + runtime.GOOS
+}
+
+// Load returns the defaults overridden by the nix.conf files and
+// NIX_CONFIG that getenv points at (os.Getenv when nil).
+func Load(getenv func(string) string) (*Settings, error) {
+	if getenv == nil {
+		getenv = os.Getenv
+	}
+	s := Default()
+	confDir := getenv("NIX_CONF_DIR")
+	if confDir == "" {
+		confDir = "/etc/nix"
+	}
+	if err := s.ReadFile(filepath.Join(confDir, "nix.conf"), true); err != nil {
+		return nil, err
+	}
+	for _, f := range userConfFiles(getenv) {
+		if err := s.ReadFile(f, true); err != nil {
+			return nil, err
+		}
+	}
+	if c := getenv("NIX_CONFIG"); c != "" {
+		if err := s.Parse([]byte(c), "NIX_CONFIG", ""); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// userConfFiles lists the user's nix.conf files, lowest priority first
+// (Nix's getUserConfigFiles, applied in reverse so the first wins).
+func userConfFiles(getenv func(string) string) []string {
+	var files []string
+	if v := getenv("NIX_USER_CONF_FILES"); v != "" {
+		files = strings.Split(v, ":")
+	} else {
+		home := getenv("XDG_CONFIG_HOME")
+		if home == "" && getenv("HOME") != "" {
+			home = filepath.Join(getenv("HOME"), ".config")
+		}
+		if home != "" {
+			files = append(files, filepath.Join(home, "nix", "nix.conf"))
+		}
+		dirs := getenv("XDG_CONFIG_DIRS")
+		if dirs == "" {
+			dirs = "/etc/xdg"
+		}
+		for _, d := range strings.Split(dirs, ":") {
+			if d != "" {
+				files = append(files, filepath.Join(d, "nix", "nix.conf"))
+			}
+		}
+	}
+	// Nix applies them in reverse order, so the first file has the last word.
+	for i, j := 0, len(files)-1; i < j; i, j = i+1, j-1 {
+		files[i], files[j] = files[j], files[i]
+	}
+	return files
+}
+
+// ReadFile applies the settings in the nix.conf file path. A missing file
+// is an error unless optional.
+func (s *Settings) ReadFile(path string, optional bool) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		if optional && errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return fmt.Errorf("read configuration file: %w", err)
+	}
+	return s.Parse(data, path, filepath.Dir(path))
+}
+
+// maxIncludeDepth bounds include recursion (a file including itself).
+const maxIncludeDepth = 16
+
+// Parse applies nix.conf text. name labels errors; dir resolves relative
+// include paths ("" means the current directory).
+func (s *Settings) Parse(data []byte, name, dir string) error {
+	return s.parse(data, name, dir, 0)
+}
+
+func (s *Settings) parse(data []byte, name, dir string, depth int) error {
+	if depth > maxIncludeDepth {
+		return fmt.Errorf("read configuration %s: includes nested too deeply", name)
+	}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(nil, 1<<20)
+	for n := 1; sc.Scan(); n++ {
+		line := sc.Text()
+		if i := strings.IndexByte(line, '#'); i >= 0 {
+			line = line[:i]
+		}
+		tokens := strings.Fields(line)
+		if len(tokens) == 0 {
+			continue
+		}
+		if tokens[0] == "include" || tokens[0] == "!include" {
+			if len(tokens) != 2 {
+				return fmt.Errorf("read configuration %s:%d: syntax error in include", name, n)
+			}
+			p := tokens[1]
+			if !filepath.IsAbs(p) {
+				p = filepath.Join(dir, p)
+			}
+			inc, err := os.ReadFile(p)
+			if err != nil {
+				if tokens[0] == "!include" && errors.Is(err, os.ErrNotExist) {
+					continue
+				}
+				return fmt.Errorf("read configuration %s:%d: %w", name, n, err)
+			}
+			if err := s.parse(inc, p, filepath.Dir(p), depth+1); err != nil {
+				return err
+			}
+			continue
+		}
+		if len(tokens) < 2 || tokens[1] != "=" {
+			return fmt.Errorf("read configuration %s:%d: illegal configuration line '%s'", name, n, strings.TrimSpace(sc.Text()))
+		}
+		if err := s.Set(tokens[0], strings.Join(tokens[2:], " ")); err != nil {
+			return fmt.Errorf("read configuration %s:%d: %w", name, n, err)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("read configuration %s: %w", name, err)
+	}
+	return nil
+}
+
+// Set applies one setting the way nix.conf and --option do; "extra-NAME"
+// appends to list settings. Unknown names are ignored.
+func (s *Settings) Set(name, value string) error {
+	// "extra-platforms" is itself a setting's name; "extra-extra-platforms"
+	// appends to it.
+	switch name {
+	case "extra-platforms":
+		s.ExtraPlatforms = strings.Fields(value)
+		return nil
+	case "extra-extra-platforms":
+		s.ExtraPlatforms = append(s.ExtraPlatforms, strings.Fields(value)...)
+		return nil
+	}
+	extra := strings.HasPrefix(name, "extra-")
+	base := strings.TrimPrefix(name, "extra-")
+	list := func(dst *[]string) {
+		if !extra {
+			*dst = nil
+		}
+		*dst = append(*dst, strings.Fields(value)...)
+	}
+	var err error
+	switch base {
+	case "sandbox":
+		switch value {
+		case SandboxOn, SandboxOff, SandboxRelaxed:
+			s.Sandbox = value
+		default:
+			err = fmt.Errorf("option '%s' has invalid value '%s'", name, value)
+		}
+	case "sandbox-fallback":
+		s.SandboxFallback, err = parseBool(name, value)
+	case "sandbox-paths", "build-chroot-dirs", "build-sandbox-paths":
+		list(&s.SandboxPaths)
+	case "cores", "build-cores":
+		s.Cores, err = parseInt(name, value)
+	case "max-jobs", "build-max-jobs":
+		if value == "auto" {
+			s.MaxJobs = runtime.NumCPU()
+		} else {
+			s.MaxJobs, err = parseInt(name, value)
+		}
+	case "max-silent-time", "build-max-silent-time":
+		s.MaxSilentTime, err = parseSeconds(name, value)
+	case "timeout", "build-timeout":
+		s.Timeout, err = parseSeconds(name, value)
+	case "max-log-size", "build-max-log-size":
+		var n int
+		n, err = parseInt(name, value)
+		s.MaxLogSize = uint64(n)
+	case "keep-failed":
+		s.KeepFailed, err = parseBool(name, value)
+	case "build-dir":
+		s.BuildDir = value
+	case "system":
+		s.System = value
+	case "system-features":
+		list(&s.SystemFeatures)
+	}
+	return err
+}
+
+func parseBool(name, v string) (bool, error) {
+	switch v {
+	case "true":
+		return true, nil
+	case "false":
+		return false, nil
+	}
+	return false, fmt.Errorf("option '%s' has invalid value '%s': expected true or false", name, v)
+}
+
+func parseInt(name, v string) (int, error) {
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("option '%s' has invalid value '%s': expected a non-negative integer", name, v)
+	}
+	return n, nil
+}
+
+func parseSeconds(name, v string) (time.Duration, error) {
+	n, err := parseInt(name, v)
+	if err != nil {
+		return 0, err
+	}
+	if n > int(time.Duration(1<<62)/time.Second) {
+		return 0, fmt.Errorf("option '%s' has invalid value '%s': too large", name, v)
+	}
+	return time.Duration(n) * time.Second, nil
+}
+
+// SandboxPathMap turns SandboxPaths into target → source, as Nix reads
+// them: "target=source", or "path" for the same path on both sides. A
+// trailing "?" (kept on the source) marks an optional path.
+func (s *Settings) SandboxPathMap() map[string]string {
+	m := make(map[string]string, len(s.SandboxPaths))
+	for _, e := range s.SandboxPaths {
+		optional := strings.HasSuffix(e, "?")
+		e = strings.TrimSuffix(e, "?")
+		target, source, ok := strings.Cut(e, "=")
+		if !ok {
+			source = target
+		}
+		if optional {
+			source += "?"
+		}
+		m[target] = source
+	}
+	return m
+}
+
+// CanBuild reports whether this machine builds for platform with the
+// required features (Nix's Derivation::canBuildLocally); builtin:
+// builders run anywhere.
+func (s *Settings) CanBuild(platform, builder string, features []string) bool {
+	ok := platform == s.System || strings.HasPrefix(builder, "builtin:")
+	for _, p := range s.ExtraPlatforms {
+		ok = ok || p == platform
+	}
+	if !ok {
+		return false
+	}
+	for _, f := range features {
+		found := false
+		for _, g := range s.SystemFeatures {
+			found = found || f == g
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,139 @@
+package settings
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestLoadPrecedence(t *testing.T) {
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "conf")
+	os.MkdirAll(conf, 0o755)
+	os.WriteFile(filepath.Join(conf, "nix.conf"), []byte(`# system file
+sandbox = false
+sandbox-paths = /bin/sh=/bin/busybox /usr/lib?
+max-silent-time = 10
+timeout = 20
+unknown-setting = whatever
+cores = 3
+include extra.conf
+!include missing.conf
+`), 0o644)
+	os.WriteFile(filepath.Join(conf, "extra.conf"), []byte("extra-sandbox-paths = /etc/ssl=/etc/ssl\nkeep-failed = true\n"), 0o644)
+	user := filepath.Join(dir, "user.conf")
+	os.WriteFile(user, []byte("max-log-size = 4096\ntimeout = 30\n"), 0o644)
+	env := map[string]string{
+		"NIX_CONF_DIR":        conf,
+		"NIX_USER_CONF_FILES": user,
+		"NIX_CONFIG":          "max-silent-time = 5\nmax-jobs = 4\nextra-sandbox-paths = /data",
+	}
+	s, err := Load(func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Sandbox != SandboxOff || s.Cores != 3 || !s.KeepFailed || s.MaxJobs != 4 ||
+		s.MaxSilentTime != 5*time.Second || s.Timeout != 30*time.Second || s.MaxLogSize != 4096 {
+		t.Errorf("got %+v", s)
+	}
+	want := []string{"/bin/sh=/bin/busybox", "/usr/lib?", "/etc/ssl=/etc/ssl", "/data"}
+	if !reflect.DeepEqual(s.SandboxPaths, want) {
+		t.Errorf("sandbox paths %q, want %q", s.SandboxPaths, want)
+	}
+	m := s.SandboxPathMap()
+	wantMap := map[string]string{"/bin/sh": "/bin/busybox", "/usr/lib": "/usr/lib?", "/etc/ssl": "/etc/ssl", "/data": "/data"}
+	if !reflect.DeepEqual(m, wantMap) {
+		t.Errorf("map %v, want %v", m, wantMap)
+	}
+}
+
+func TestLoadDefaultsWithoutFiles(t *testing.T) {
+	dir := t.TempDir()
+	env := map[string]string{"NIX_CONF_DIR": dir, "HOME": dir, "XDG_CONFIG_DIRS": dir}
+	s, err := Load(func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := Default()
+	if !reflect.DeepEqual(s, d) {
+		t.Errorf("got %+v, want defaults %+v", s, d)
+	}
+	if s.Sandbox != SandboxOn || s.MaxJobs != 1 || s.Cores < 1 {
+		t.Errorf("defaults %+v", s)
+	}
+}
+
+func TestSet(t *testing.T) {
+	tests := []struct {
+		name, value string
+		check       func(*Settings) bool
+		err         string
+	}{
+		{"sandbox", "relaxed", func(s *Settings) bool { return s.Sandbox == SandboxRelaxed }, ""},
+		{"sandbox", "maybe", nil, "invalid value 'maybe'"},
+		{"keep-failed", "yes", nil, "expected true or false"},
+		{"cores", "-1", nil, "non-negative integer"},
+		{"max-jobs", "auto", func(s *Settings) bool { return s.MaxJobs >= 1 }, ""},
+		{"build-max-silent-time", "7", func(s *Settings) bool { return s.MaxSilentTime == 7*time.Second }, ""},
+		{"sandbox-paths", "/a /b=/c", func(s *Settings) bool { return reflect.DeepEqual(s.SandboxPaths, []string{"/a", "/b=/c"}) }, ""},
+		{"extra-platforms", "aarch64-linux", func(s *Settings) bool { return reflect.DeepEqual(s.ExtraPlatforms, []string{"aarch64-linux"}) }, ""},
+		{"extra-system-features", "gpu", func(s *Settings) bool { return s.SystemFeatures[len(s.SystemFeatures)-1] == "gpu" }, ""},
+		{"no-such-setting", "1", func(s *Settings) bool { return true }, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name+"="+tt.value, func(t *testing.T) {
+			s := Default()
+			err := s.Set(tt.name, tt.value)
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("err %v, want %q", err, tt.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tt.check(s) {
+				t.Errorf("unexpected %+v", s)
+			}
+		})
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	for _, text := range []string{"sandbox\n", "include\n", "include /nonexistent/x.conf\n", "timeout = x\n"} {
+		if err := Default().Parse([]byte(text), "test", ""); err == nil {
+			t.Errorf("%q: no error", text)
+		}
+	}
+	dir := t.TempDir()
+	self := filepath.Join(dir, "self.conf")
+	os.WriteFile(self, []byte("include self.conf\n"), 0o644)
+	if err := Default().ReadFile(self, false); err == nil || !strings.Contains(err.Error(), "too deeply") {
+		t.Errorf("self include: %v", err)
+	}
+}
+
+func TestCanBuild(t *testing.T) {
+	s := Default()
+	s.System, s.ExtraPlatforms, s.SystemFeatures = "x86_64-linux", []string{"i686-linux"}, []string{"big-parallel"}
+	for _, tt := range []struct {
+		platform, builder string
+		features          []string
+		want              bool
+	}{
+		{"x86_64-linux", "/bin/sh", nil, true},
+		{"i686-linux", "/bin/sh", nil, true},
+		{"aarch64-linux", "/bin/sh", nil, false},
+		{"aarch64-linux", "builtin:fetchurl", nil, true},
+		{"x86_64-linux", "/bin/sh", []string{"big-parallel"}, true},
+		{"x86_64-linux", "/bin/sh", []string{"kvm"}, false},
+	} {
+		if got := s.CanBuild(tt.platform, tt.builder, tt.features); got != tt.want {
+			t.Errorf("CanBuild(%s, %s, %v) = %v", tt.platform, tt.builder, tt.features, got)
+		}
+	}
+}

@@ -1,0 +1,147 @@
+package serve
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"ferry/nix/derivation"
+	"ferry/nix/nar"
+	"ferry/nix/storepath"
+	"ferry/store"
+)
+
+// Backend is the store a Server serves. Everything but building is plain
+// store.Store; NewStoreBackend turns any store with temp roots into a Backend.
+type Backend interface {
+	store.Store
+	store.TempRooter
+	// QueryClosure returns the closure of paths under references
+	// (computeFSClosure, paths included) and, with includeOutputs, the valid
+	// outputs of every derivation in it together with their closures. An
+	// invalid path among paths is an error wrapping store.ErrNotValid.
+	QueryClosure(ctx context.Context, paths []storepath.Path, includeOutputs bool) ([]storepath.Path, error)
+	// BuildDerivation builds drv, a BasicDerivation received in memory
+	// (no InputDrvs; its .drv file need not exist) whose store path would
+	// be drvPath. Its input sources must be valid. Builder output goes to
+	// log. A build that fails returns a result with a failure status; an
+	// error means the session must end. Cancelling ctx kills the build.
+	BuildDerivation(ctx context.Context, drvPath storepath.Path, drv *derivation.Derivation, settings *store.BuildSettings, log io.Writer) (*store.BuildResult, error)
+	// BuildPaths realises paths (derivations present in the store with the
+	// outputs wanted, or opaque paths that must be valid) and returns one
+	// result per path. An error is reported to the client in band
+	// (BuildPaths' exit status 1 and message), not as a session error.
+	BuildPaths(ctx context.Context, paths []DerivedPath, settings *store.BuildSettings, log io.Writer) ([]*store.BuildResult, error)
+}
+
+// RootedStore is a store that can add temp roots: what NewStoreBackend needs.
+type RootedStore interface {
+	store.Store
+	store.TempRooter
+}
+
+// Builder builds derivations for a Backend made by NewStoreBackend; it has
+// Backend's two build methods.
+type Builder interface {
+	BuildDerivation(ctx context.Context, drvPath storepath.Path, drv *derivation.Derivation, settings *store.BuildSettings, log io.Writer) (*store.BuildResult, error)
+	BuildPaths(ctx context.Context, paths []DerivedPath, settings *store.BuildSettings, log io.Writer) ([]*store.BuildResult, error)
+}
+
+// ErrNoBuilder is returned for build commands by a Backend without a Builder.
+var ErrNoBuilder = errors.New("building is not supported by this store")
+
+// NewStoreBackend makes a Backend of st: QueryClosure is computed from path
+// infos (Closure) and builds go to b, or fail with ErrNoBuilder if b is nil.
+// The Backend is safe for concurrent use if st and b are.
+func NewStoreBackend(st RootedStore, b Builder) Backend {
+	return &storeBackend{RootedStore: st, b: b}
+}
+
+type storeBackend struct {
+	RootedStore
+	b Builder
+}
+
+func (s *storeBackend) QueryClosure(ctx context.Context, paths []storepath.Path, includeOutputs bool) ([]storepath.Path, error) {
+	return Closure(ctx, s.RootedStore, paths, includeOutputs)
+}
+
+func (s *storeBackend) BuildDerivation(ctx context.Context, drvPath storepath.Path, drv *derivation.Derivation, settings *store.BuildSettings, log io.Writer) (*store.BuildResult, error) {
+	if s.b == nil {
+		return nil, ErrNoBuilder
+	}
+	return s.b.BuildDerivation(ctx, drvPath, drv, settings, log)
+}
+
+func (s *storeBackend) BuildPaths(ctx context.Context, paths []DerivedPath, settings *store.BuildSettings, log io.Writer) ([]*store.BuildResult, error) {
+	if s.b == nil {
+		return nil, ErrNoBuilder
+	}
+	return s.b.BuildPaths(ctx, paths, settings, log)
+}
+
+// Closure computes what Backend.QueryClosure returns from st's path infos,
+// as Nix's computeFSClosure(paths, flipDirection=false, includeOutputs) does:
+// with includeOutputs, each .drv in the closure is read (through its NAR) and
+// its valid outputs are added with their closures.
+func Closure(ctx context.Context, st store.Store, paths []storepath.Path, includeOutputs bool) ([]storepath.Path, error) {
+	seen := map[storepath.Path]bool{}
+	todo := append([]storepath.Path(nil), paths...)
+	var out []storepath.Path
+	for len(todo) > 0 {
+		p := todo[len(todo)-1]
+		todo = todo[:len(todo)-1]
+		if seen[p] {
+			continue
+		}
+		seen[p] = true
+		info, err := st.QueryPathInfo(ctx, p)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+		todo = append(todo, info.References...)
+		if includeOutputs && p.IsDerivation() {
+			drv, err := readDerivation(ctx, st, p)
+			if err != nil {
+				return nil, err
+			}
+			var outs []storepath.Path
+			for _, o := range drv.OutputPaths() {
+				outs = append(outs, o)
+			}
+			valid, err := st.QueryValidPaths(ctx, outs)
+			if err != nil {
+				return nil, err
+			}
+			todo = append(todo, valid...)
+		}
+	}
+	return sortedSet(out), nil
+}
+
+// readDerivation reads a .drv file out of a store via its NAR (a single
+// regular file).
+func readDerivation(ctx context.Context, st store.Store, p storepath.Path) (*derivation.Derivation, error) {
+	pr, pw := io.Pipe()
+	go func() { pw.CloseWithError(st.NarFromPath(ctx, p, pw)) }()
+	defer pr.Close()
+	nr := nar.NewReader(pr)
+	h, err := nr.Next()
+	if err != nil {
+		return nil, fmt.Errorf("read derivation %s: %w", p, err)
+	}
+	if h.Type != nar.TypeRegular || h.Size > derivation.MaxSize {
+		return nil, fmt.Errorf("read derivation %s: not a regular file of at most %d bytes", p, derivation.MaxSize)
+	}
+	data, err := io.ReadAll(nr)
+	if err != nil {
+		return nil, fmt.Errorf("read derivation %s: %w", p, err)
+	}
+	name, err := derivation.NameFromPath(p)
+	if err != nil {
+		return nil, err
+	}
+	return derivation.ParseIn(st.Dir(), data, name)
+}

@@ -71,6 +71,35 @@ func Main(ctx context.Context, b Backend, stdin io.Reader, stdout io.Writer, opt
 	return NewServer(b, opts).Serve(ctx, stdin, stdout)
 }
 
+// wireError is an error of the wire layer reworded as Nix words it, so that
+// a client sees the same stderr from ferry as from nix-store --serve; the
+// original error stays reachable with errors.Unwrap.
+type wireError struct {
+	msg string
+	err error
+}
+
+func (e *wireError) Error() string { return e.msg }
+func (e *wireError) Unwrap() error { return e.err }
+
+// nixError rewords the errors of malformed input Nix has fixed messages for:
+// "unexpected end-of-file", "non-zero padding" and "serialised integer N is
+// too large for type 'T'".
+func nixError(err error) error {
+	var re *wire.RangeError
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return &wireError{"unexpected end-of-file", err}
+	case errors.Is(err, wire.ErrPadding):
+		return &wireError{"non-zero padding", err}
+	case errors.As(err, &re):
+		return &wireError{re.Error(), err}
+	}
+	return err
+}
+
 // session is the state of one Serve call.
 type session struct {
 	s             *Server
@@ -106,6 +135,11 @@ func (s *Server) Serve(ctx context.Context, r io.Reader, w io.Writer) error {
 		w:   wire.NewWriterSize(w, 64<<10),
 		dir: s.b.Dir(),
 	}
+	return nixError(ss.run())
+}
+
+func (ss *session) run() error {
+	s, ctx := ss.s, ss.ctx
 	v, err := ServerHandshake(ss.r, ss.w, s.opts.Version)
 	if err != nil {
 		return err
@@ -225,10 +259,23 @@ func (ss *session) dumpStorePath() error {
 // export-import.cc): each path of the export stream is added with the hash
 // and size of the NAR as received, the references and deriver of its
 // trailer, no CA; references must be valid already (or come earlier). The
-// reply 1 follows the whole stream.
+// reply 1 follows the whole stream. A Backend that is an Importer imports
+// the stream itself instead.
 func (ss *session) importPaths() error {
 	if !ss.s.opts.Write {
 		return errors.New("importing paths is not allowed")
+	}
+	if imp, ok := ss.s.b.(Importer); ok {
+		paths, err := imp.Import(ss.ctx, ss.br)
+		if err != nil {
+			return err
+		}
+		for _, p := range paths {
+			if err := ss.s.b.AddTempRoot(ss.ctx, p); err != nil {
+				return err
+			}
+		}
+		return ss.w.WriteUint64(1)
 	}
 	er := export.NewReader(ss.r, &export.ReaderOptions{StoreDir: ss.dir})
 	for {

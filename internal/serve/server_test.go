@@ -380,7 +380,7 @@ func TestBadInput(t *testing.T) {
 		want  string // "" for a clean end
 	}{
 		{"clean end", false, hello(), ""},
-		{"empty input", false, nil, "unexpected EOF"},
+		{"empty input", false, nil, "unexpected end-of-file"},
 		{"bad magic", false, u64s(0x1234, Version), "protocol mismatch"},
 		{"unknown command", false, cat(hello(), u64s(10)), "unknown serve command 10"},
 		{"command zero", false, cat(hello(), u64s(0)), "unknown serve command 0"},
@@ -388,8 +388,8 @@ func TestBadInput(t *testing.T) {
 		{"huge length prefix", false, cat(hello(), u64s(1, 0, 0, 1, 1<<62)), "length exceeds limit"},
 		{"huge count", false, cat(hello(), u64s(1, 0, 0, 1<<40)), "length exceeds limit"},
 		{"non-zero padding", false, cat(hello(), u64s(1, 0, 0, 1, 3), []byte("abc\x00\x00\x00\x00\x01")), "non-zero padding"},
-		{"truncated stream", false, cat(hello(), u64s(1, 0, 0, 2), wire.AppendString(nil, string(depPath))), "unexpected EOF"},
-		{"truncated command", false, cat(hello(), []byte{1, 0, 0}), "unexpected EOF"},
+		{"truncated stream", false, cat(hello(), u64s(1, 0, 0, 2), wire.AppendString(nil, string(depPath))), "unexpected end-of-file"},
+		{"truncated command", false, cat(hello(), []byte{1, 0, 0}), "unexpected end-of-file"},
 		{"malformed store path", false, cat(hello(), qvp("/nix/store/abc")), "too short"},
 		{"bad hash part", false, cat(hello(), qvp("/nix/store/eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-x")), "invalid base-32"},
 		{"path outside store", false, cat(hello(), qvp("/tmp/x")), "path '/tmp/x' is not in the Nix store"},

@@ -1,0 +1,245 @@
+package build
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"sync"
+
+	"ferry/internal/localstore"
+	"ferry/nix/derivation"
+	"ferry/nix/storepath"
+	"ferry/store"
+)
+
+// BuildGraph realises the .drv files roots, which must be valid in st, and
+// every input derivation they need, in dependency order, running up to
+// jobs builds at once (at least 1). A derivation whose outputs are all
+// valid is not built and its inputs are not visited. A failed build makes
+// every derivation that depends on it DependencyFailed.
+//
+// The results hold every derivation visited. The error is non-nil only
+// when ctx ended or the store failed; builds that failed are reported in
+// the results. With more than one job, each log line is prefixed with the
+// derivation's name, as Nix does.
+func BuildGraph(ctx context.Context, st *localstore.Store, roots []storepath.Path, jobs int, opts *Options) (map[storepath.Path]*store.BuildResult, error) {
+	if opts == nil {
+		opts = &Options{}
+	}
+	if jobs < 1 {
+		jobs = 1
+	}
+	g := &graph{
+		drvs:    map[storepath.Path]*derivation.Derivation{},
+		deps:    map[storepath.Path][]storepath.Path{},
+		users:   map[storepath.Path][]storepath.Path{},
+		results: map[storepath.Path]*store.BuildResult{},
+	}
+	if err := g.load(ctx, st, roots); err != nil {
+		return nil, err
+	}
+
+	// Kahn's algorithm over the derivations still to build.
+	pending := map[storepath.Path]int{}
+	var ready []storepath.Path
+	for p := range g.drvs {
+		if g.results[p] != nil {
+			continue
+		}
+		n := 0
+		for _, dep := range g.deps[p] {
+			if g.results[dep] == nil {
+				n++
+			}
+		}
+		pending[p] = n
+		if n == 0 {
+			ready = append(ready, p)
+		}
+	}
+	storepath.Sort(ready)
+
+	type done struct {
+		p   storepath.Path
+		res *store.BuildResult
+		err error
+	}
+	var logMu sync.Mutex
+	work := make(chan storepath.Path)
+	finished := make(chan done)
+	var wg sync.WaitGroup
+	for i := 0; i < jobs; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for p := range work {
+				o := *opts
+				if opts.Log != nil && jobs > 1 {
+					o.Log = &prefixWriter{w: opts.Log, mu: &logMu, prefix: []byte(g.drvs[p].Name + "> ")}
+				}
+				res, err := Build(ctx, st, p, g.drvs[p], &o)
+				if pw, ok := o.Log.(*prefixWriter); ok {
+					pw.flush()
+				}
+				finished <- done{p, res, err}
+			}
+		}()
+	}
+
+	var firstErr error
+	running := 0
+	failed := map[storepath.Path]int{} // failed dependencies per derivation
+	var settle func(p storepath.Path, res *store.BuildResult)
+	settle = func(p storepath.Path, res *store.BuildResult) {
+		g.results[p] = res
+		for _, u := range g.users[p] {
+			if _, waiting := pending[u]; !waiting {
+				continue
+			}
+			if !res.Status.Success() {
+				failed[u]++
+			}
+			pending[u]--
+			if pending[u] > 0 {
+				continue
+			}
+			delete(pending, u)
+			if failed[u] > 0 {
+				settle(u, &store.BuildResult{Status: store.DependencyFailed,
+					ErrorMsg: fmt.Sprintf("%d dependencies of derivation '%s' failed to build", failed[u], u)})
+				continue
+			}
+			ready = append(ready, u)
+		}
+	}
+	for _, p := range ready {
+		delete(pending, p)
+	}
+	for len(ready) > 0 || running > 0 {
+		var next storepath.Path
+		var send chan storepath.Path
+		if len(ready) > 0 && firstErr == nil {
+			next, send = ready[0], work
+		}
+		if send == nil && running == 0 {
+			break
+		}
+		select {
+		case send <- next:
+			ready = ready[1:]
+			running++
+		case d := <-finished:
+			running--
+			if d.err != nil && firstErr == nil {
+				firstErr = d.err
+			}
+			before := len(ready)
+			settle(d.p, d.res)
+			for _, u := range ready[before:] {
+				delete(pending, u)
+			}
+		}
+	}
+	close(work)
+	wg.Wait()
+	if firstErr != nil {
+		return g.results, firstErr
+	}
+	return g.results, ctx.Err()
+}
+
+type graph struct {
+	drvs    map[storepath.Path]*derivation.Derivation
+	deps    map[storepath.Path][]storepath.Path // input derivations
+	users   map[storepath.Path][]storepath.Path // reverse of deps
+	results map[storepath.Path]*store.BuildResult
+}
+
+// load reads the derivations reachable from roots, stopping at those
+// whose outputs are all valid (recorded as AlreadyValid).
+func (g *graph) load(ctx context.Context, st *localstore.Store, roots []storepath.Path) error {
+	stack := append([]storepath.Path(nil), roots...)
+	for len(stack) > 0 {
+		p := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		if _, ok := g.drvs[p]; ok {
+			continue
+		}
+		d, err := st.ReadDerivation(ctx, p)
+		if err != nil {
+			return fmt.Errorf("read derivation '%s': %w", p, err)
+		}
+		g.drvs[p] = d
+		outs := d.OutputPaths()
+		if len(outs) == len(d.Outputs) && len(outs) > 0 {
+			paths := make([]storepath.Path, 0, len(outs))
+			for _, o := range outs {
+				paths = append(paths, o)
+			}
+			valid, err := st.QueryValidPaths(ctx, paths)
+			if err != nil {
+				return err
+			}
+			if len(valid) == len(paths) {
+				g.results[p] = &store.BuildResult{Status: store.AlreadyValid, BuiltOutputs: outs}
+				continue
+			}
+		}
+		for dep := range d.InputDrvs {
+			g.deps[p] = append(g.deps[p], dep)
+			g.users[dep] = append(g.users[dep], p)
+			stack = append(stack, dep)
+		}
+	}
+	return nil
+}
+
+// prefixWriter prefixes every line with the derivation's name, writing
+// whole lines under a mutex shared by all builds.
+type prefixWriter struct {
+	w      io.Writer
+	mu     *sync.Mutex
+	prefix []byte
+	buf    []byte
+}
+
+func (pw *prefixWriter) Write(p []byte) (int, error) {
+	pw.buf = append(pw.buf, p...)
+	i := bytes.LastIndexByte(pw.buf, '\n')
+	if i < 0 {
+		if len(pw.buf) < 64<<10 {
+			return len(p), nil
+		}
+		i = len(pw.buf) - 1
+	}
+	if err := pw.emit(pw.buf[:i+1]); err != nil {
+		return 0, err
+	}
+	pw.buf = append(pw.buf[:0], pw.buf[i+1:]...)
+	return len(p), nil
+}
+
+func (pw *prefixWriter) emit(chunk []byte) error {
+	var out []byte
+	for len(chunk) > 0 {
+		line := chunk
+		if j := bytes.IndexByte(chunk, '\n'); j >= 0 {
+			line = chunk[:j+1]
+		}
+		out = append(out, pw.prefix...)
+		out = append(out, line...)
+		chunk = chunk[len(line):]
+	}
+	pw.mu.Lock()
+	defer pw.mu.Unlock()
+	_, err := pw.w.Write(out)
+	return err
+}
+
+func (pw *prefixWriter) flush() {
+	if len(pw.buf) > 0 {
+		pw.emit(append(pw.buf, '\n'))
+		pw.buf = pw.buf[:0]
+	}
+}

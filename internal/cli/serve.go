@@ -1,9 +1,63 @@
 package cli
 
-import "context"
+import (
+	"context"
 
-// runNixServeArgv handles Nix's own argv, "--serve [--write] [--store X]",
-// which real Nix clients run on the remote side.
+	"ferry/internal/serve"
+)
+
+func init() {
+	register(&command{name: "serve", args: "[--write]", summary: "speak the nix-store --serve protocol on standard input and output (one session)", run: cmdServe})
+}
+
+// serveBuilder is the builder the serve command hands to the protocol
+// server; nil until a builder is linked in (build commands then fail).
+var serveBuilder func() serve.Builder
+
+func cmdServe(ctx context.Context, e *Env, args []string) error {
+	fs := newFlags(e, "serve")
+	write := fs.Bool("write", false, "allow imports and builds (as nix-store --serve --write)")
+	ops, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(ops) != 0 {
+		return usagef("serve takes no operands")
+	}
+	return runServe(ctx, e, *write)
+}
+
+// runNixServeArgv handles Nix's own argv, "--serve [--write]" (with the
+// global --store already taken out), which real Nix clients run on the
+// remote side: ssh://host?remote-program=ferry.
 func runNixServeArgv(ctx context.Context, e *Env, args []string) error {
-	return usagef("--serve is not implemented yet")
+	write := false
+	for _, a := range args {
+		switch a {
+		case "--serve":
+		case "--write":
+			write = true
+		default:
+			// nix-store --serve accepts nothing else either.
+			return usagef("unknown flag %q for --serve", a)
+		}
+	}
+	return runServe(ctx, e, write)
+}
+
+// runServe runs one protocol session on the selected store. The store is
+// opened for this session only: closing it when the session ends, however
+// it ends, releases every temp root the session took.
+func runServe(ctx context.Context, e *Env, write bool) error {
+	st, err := openStore(e)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	var b serve.Builder
+	if serveBuilder != nil {
+		b = serveBuilder()
+	}
+	// serve.Main buffers both directions itself and flushes after each reply.
+	return serve.Main(ctx, serve.NewLocalBackend(st, b), e.Stdin, e.Stdout, &serve.Options{Write: write, Log: e.Stderr})
 }

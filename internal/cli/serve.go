@@ -4,15 +4,12 @@ import (
 	"context"
 
 	"ferry/internal/serve"
+	"ferry/internal/settings"
 )
 
 func init() {
 	register(&command{name: "serve", args: "[--write]", summary: "speak the nix-store --serve protocol on standard input and output (one session)", run: cmdServe})
 }
-
-// serveBuilder is the builder the serve command hands to the protocol
-// server; nil until a builder is linked in (build commands then fail).
-var serveBuilder func() serve.Builder
 
 func cmdServe(ctx context.Context, e *Env, args []string) error {
 	fs := newFlags(e, "serve")
@@ -54,10 +51,11 @@ func runServe(ctx context.Context, e *Env, write bool) error {
 		return err
 	}
 	defer st.Close()
-	var b serve.Builder
-	if serveBuilder != nil {
-		b = serveBuilder()
+	conf, err := settings.Load(nil)
+	if err != nil {
+		return err
 	}
+	b := serve.NewLocalBuilder(st, conf)
 	// serve.Main buffers both directions itself and flushes after each reply.
 	return serve.Main(ctx, serve.NewLocalBackend(st, b), e.Stdin, e.Stdout, &serve.Options{Write: write, Log: e.Stderr})
 }

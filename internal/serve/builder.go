@@ -1,0 +1,80 @@
+package serve
+
+import (
+	"context"
+	"fmt"
+	"io"
+
+	"ferry/internal/build"
+	"ferry/internal/localstore"
+	"ferry/internal/settings"
+	"ferry/nix/derivation"
+	"ferry/nix/storepath"
+	"ferry/store"
+)
+
+// localBuilder builds on a local store with internal/build.
+type localBuilder struct {
+	st *localstore.Store
+	s  *settings.Settings
+}
+
+// NewLocalBuilder returns the Builder of a serve session over the local
+// store st: derivations are realised by internal/build with the machine's
+// settings s (nil means settings.Default()) and the limits each client
+// sends (serve-protocol.md §3.8), as Nix's opServe does.
+func NewLocalBuilder(st *localstore.Store, s *settings.Settings) Builder {
+	if s == nil {
+		s = settings.Default()
+	}
+	return &localBuilder{st: st, s: s}
+}
+
+func (b *localBuilder) opts(bs *store.BuildSettings, log io.Writer, inMemory bool) *build.Options {
+	var client store.BuildSettings
+	if bs != nil {
+		client = *bs
+	}
+	return &build.Options{Settings: build.WithBuildSettings(b.s, client), Log: log, InMemory: inMemory}
+}
+
+// BuildDerivation mirrors cmdBuildDerivation: the derivation arrived in
+// memory, its .drv need not exist, only its inputs must be valid.
+func (b *localBuilder) BuildDerivation(ctx context.Context, drvPath storepath.Path, drv *derivation.Derivation, bs *store.BuildSettings, log io.Writer) (*store.BuildResult, error) {
+	return build.Build(ctx, b.st, drvPath, drv, b.opts(bs, log, true))
+}
+
+// BuildPaths mirrors cmdBuildPaths: each derivation present in the store
+// is realised with its dependencies; an opaque path must be valid.
+func (b *localBuilder) BuildPaths(ctx context.Context, paths []DerivedPath, bs *store.BuildSettings, log io.Writer) ([]*store.BuildResult, error) {
+	results := make([]*store.BuildResult, 0, len(paths))
+	for _, p := range paths {
+		if p.Outputs == nil {
+			ok, err := b.st.IsValidPath(ctx, p.Path)
+			if err != nil {
+				return nil, err
+			}
+			if ok {
+				results = append(results, &store.BuildResult{Status: store.AlreadyValid})
+			} else {
+				results = append(results, &store.BuildResult{Status: store.MiscFailure,
+					ErrorMsg: fmt.Sprintf("path '%s' is required, but there is no substituter that can build it", p.Path)})
+			}
+			continue
+		}
+		jobs := b.s.MaxJobs
+		if jobs < 1 {
+			jobs = 1
+		}
+		res, err := build.BuildGraph(ctx, b.st, []storepath.Path{p.Path}, jobs, b.opts(bs, log, false))
+		if err != nil {
+			return nil, err
+		}
+		r := res[p.Path]
+		if r == nil {
+			r = &store.BuildResult{Status: store.MiscFailure, ErrorMsg: fmt.Sprintf("building '%s' gave no result", p.Path)}
+		}
+		results = append(results, r)
+	}
+	return results, nil
+}

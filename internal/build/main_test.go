@@ -62,8 +62,8 @@ var system = map[string]string{"amd64": "x86_64", "arm64": "aarch64"}[runtime.GO
 type drvSpec struct {
 	name    string
 	script  string
-	outputs []string            // default ["out"]
-	env     map[string]string   // extra env
+	outputs []string          // default ["out"]
+	env     map[string]string // extra env
 	inputs  map[storepath.Path][]string
 	srcs    []storepath.Path
 	fixed   *derivation.Output // for a fixed-output derivation

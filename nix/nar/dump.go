@@ -1,108 +1,253 @@
 package nar
 
 import (
+	"encoding/binary"
 	"fmt"
 	"io"
-	"os"
-	"slices"
 	"sync"
-	"syscall"
+	"sync/atomic"
 )
 
-// copyBufSize is the size of the buffers Dump and Restore stream file
-// contents through: large enough that hashing a big file is not dominated
-// by system calls.
-const copyBufSize = 1 << 20
+const (
+	// copyBufSize is the size of the buffers Dump and Restore stream
+	// through: large enough that hashing a big file is not dominated by
+	// system calls.
+	copyBufSize = 1 << 20
+	// dumpBufSize is the size of Dump's output buffers: a little over
+	// 1 MiB, so that a 1 MiB bufio.Writer in front of w (as in front of
+	// stdout) passes each full buffer straight through rather than
+	// copying it.
+	dumpBufSize = 1<<20 + 64<<10
+	// directMin is the least free space Dump wants in its output buffer
+	// before reading file contents straight into it; with less it flushes
+	// first, so a small file is read with one system call.
+	directMin = 64 << 10
+	// pipelineMin is the size of the first regular file that makes Dump
+	// hand full buffers to a second goroutine, so that reading the next
+	// buffer overlaps with the consumer (typically a hash) of the last.
+	pipelineMin = 4 << 20
+	// pipelineBufs is the number of buffers in flight while pipelining:
+	// Dump's memory use stays pipelineBufs*copyBufSize whatever the sizes
+	// of the files.
+	pipelineBufs = 3
+)
 
-var copyBufPool = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
+var (
+	copyBufPool = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
+	dumpBufPool = sync.Pool{New: func() any { b := make([]byte, dumpBufSize); return &b }}
+)
+
+// NAR token sequences Dump writes whole (store-format.md §3.2).
+var (
+	tokMagic      = tokens(magic)
+	tokRegular    = tokens("(", "type", "regular", "contents")
+	tokExecutable = tokens("(", "type", "regular", "executable", "", "contents")
+	tokSymlink    = tokens("(", "type", "symlink", "target")
+	tokDirectory  = tokens("(", "type", "directory")
+	tokEntry      = tokens("entry", "(", "name")
+	tokNode       = tokens("node")
+	tokClose      = tokens(")")
+)
+
+func tokens(ss ...string) []byte {
+	var b []byte
+	for _, s := range ss {
+		b = appendString(b, s)
+	}
+	return b
+}
+
+// appendString appends s as a NAR string: length, bytes, zero padding.
+func appendString[S string | []byte](b []byte, s S) []byte {
+	b = binary.LittleEndian.AppendUint64(b, uint64(len(s)))
+	b = append(b, s...)
+	var zero [8]byte
+	return append(b, zero[:padLen(uint64(len(s)))]...)
+}
 
 // Dump writes the NAR serialisation of the file system object at path to w,
 // byte-identical to `nix-store --dump path` (mirrors archive.cc dump in Nix
-// 2.8.0): objects are read with lstat, symlinks are not followed, a regular
-// file is executable iff its owner execute bit is set, directory entries are
-// sorted bytewise, and any other file type is an error. File contents are
-// streamed through one reused buffer, so memory use does not depend on file
-// sizes.
+// 2.8.0): objects are read without following symlinks, a regular file is
+// executable iff its owner execute bit is set, directory entries are sorted
+// bytewise, and any other file type is an error.
+//
+// Memory use does not depend on file sizes: contents stream through at most
+// a few buffers of about 1 MiB. Once Dump meets a large file it calls w.Write from a
+// second goroutine, overlapping reading with whatever w does (hashing, say);
+// the calls never overlap each other and all have returned when Dump does.
 func Dump(w io.Writer, path string) error {
-	bp := copyBufPool.Get().(*[]byte)
-	defer copyBufPool.Put(bp)
-	d := dumper{nw: NewWriter(w), buf: *bp}
-	if err := d.dump(path, ""); err != nil {
+	e := newEmitter(w)
+	defer e.release()
+	e.token(tokMagic)
+	if err := dumpPath(e, path); err != nil {
+		e.stop()
 		return err
 	}
-	return d.nw.Close()
+	return e.finish()
 }
 
-type dumper struct {
-	nw  *Writer
-	buf []byte
+// An emitter is Dump's output buffer: NAR tokens and file contents are
+// appended to out, which goes to w when full, directly or through a writer
+// goroutine (see pipeline).
+type emitter struct {
+	w   io.Writer
+	out []byte
+	err error // sticky error from w
+
+	// Set while pipelining: full carries buffers to write to the writer
+	// goroutine, free carries them back. werr is the goroutine's first
+	// write error; it sets failed after werr, and the main goroutine reads
+	// werr only once failed is set or done is closed.
+	full, free chan []byte
+	done       chan struct{}
+	werr       error
+	failed     atomic.Bool
+	bufs       []*[]byte // buffers from dumpBufPool, to return
 }
 
-func (d *dumper) dump(fsPath, narPath string) error {
-	fi, err := os.Lstat(fsPath)
-	if err != nil {
-		return fmt.Errorf("nar: dump: %w", err)
+func newEmitter(w io.Writer) *emitter {
+	bp := dumpBufPool.Get().(*[]byte)
+	return &emitter{w: w, out: (*bp)[:0], bufs: []*[]byte{bp}}
+}
+
+// token appends a short precomputed token sequence.
+func (e *emitter) token(b []byte) {
+	if cap(e.out)-len(e.out) < len(b) {
+		e.flush()
 	}
-	switch mode := fi.Mode(); mode.Type() {
-	case 0:
-		return d.file(fsPath, narPath, fi.Size(), mode&0o100 != 0)
-	case os.ModeSymlink:
-		target, err := os.Readlink(fsPath)
-		if err != nil {
-			return fmt.Errorf("nar: dump: %w", err)
-		}
-		return d.header(fsPath, &Header{Path: narPath, Type: TypeSymlink, LinkTarget: target})
-	case os.ModeDir:
-		f, err := os.Open(fsPath)
-		if err != nil {
-			return fmt.Errorf("nar: dump: %w", err)
-		}
-		names, err := f.Readdirnames(-1)
-		f.Close()
-		if err != nil {
-			return fmt.Errorf("nar: dump: %w", err)
-		}
-		slices.Sort(names) // bytewise, like Nix's std::map<std::string>
-		if err := d.header(fsPath, &Header{Path: narPath, Type: TypeDirectory}); err != nil {
-			return err
-		}
-		for _, name := range names {
-			child := name
-			if narPath != "" {
-				child = narPath + "/" + name
-			}
-			if err := d.dump(fsPath+"/"+name, child); err != nil {
+	e.out = append(e.out, b...)
+}
+
+// str appends s as a NAR string; s is at most a name or a symlink target
+// long, far less than the buffer.
+func (e *emitter) str(s []byte) {
+	if cap(e.out)-len(e.out) < len(s)+16 {
+		e.flush()
+	}
+	e.out = appendString(e.out, s)
+}
+
+func (e *emitter) uint64(n uint64) {
+	if cap(e.out)-len(e.out) < 8 {
+		e.flush()
+	}
+	e.out = binary.LittleEndian.AppendUint64(e.out, n)
+}
+
+// regular appends a regular file's node up to and including its contents,
+// reading exactly size bytes from r. The caller closes the node.
+func (e *emitter) regular(r io.Reader, size int64, exec bool) error {
+	if exec {
+		e.token(tokExecutable)
+	} else {
+		e.token(tokRegular)
+	}
+	e.uint64(uint64(size))
+	if size >= pipelineMin && e.full == nil {
+		e.pipeline()
+	}
+	for left := size; left > 0; {
+		if free := int64(cap(e.out) - len(e.out)); free < min(left, directMin) {
+			if err := e.flush(); err != nil {
 				return err
 			}
 		}
-		return nil
-	default:
-		return fmt.Errorf("nar: dump: file %q has an unsupported type", fsPath)
+		b := e.out[len(e.out):cap(e.out)]
+		if int64(len(b)) > left {
+			b = b[:left]
+		}
+		n, err := io.ReadFull(r, b)
+		e.out = e.out[:len(e.out)+n]
+		left -= int64(n)
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			return fmt.Errorf("file shrank while being read: %d bytes missing", left)
+		}
+		if err != nil {
+			return err
+		}
 	}
+	var zero [8]byte
+	e.token(zero[:padLen(uint64(size))])
+	return e.err
 }
 
-func (d *dumper) header(fsPath string, h *Header) error {
-	if err := d.nw.WriteHeader(h); err != nil {
-		return fmt.Errorf("nar: dump %q: %w", fsPath, err)
+// flush hands the buffered output to w, or to the writer goroutine.
+func (e *emitter) flush() error {
+	if e.err != nil || len(e.out) == 0 {
+		e.out = e.out[:0]
+		return e.err
 	}
-	return nil
+	if e.full != nil {
+		e.full <- e.out
+		e.out = <-e.free
+		if e.failed.Load() {
+			e.err = e.werr
+		}
+		return e.err
+	}
+	_, e.err = e.w.Write(e.out)
+	e.out = e.out[:0]
+	return e.err
 }
 
-func (d *dumper) file(fsPath, narPath string, size int64, exec bool) error {
-	// O_NOFOLLOW: the object was a regular file at lstat time; refuse to
-	// read through a symlink swapped in since.
-	f, err := os.OpenFile(fsPath, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+// pipeline starts the writer goroutine. Each buffer comes back on free
+// after its Write returns, so at most pipelineBufs are ever in use.
+func (e *emitter) pipeline() {
+	e.full = make(chan []byte, pipelineBufs)
+	e.free = make(chan []byte, pipelineBufs)
+	e.done = make(chan struct{})
+	for range pipelineBufs - 1 {
+		bp := dumpBufPool.Get().(*[]byte)
+		e.bufs = append(e.bufs, bp)
+		e.free <- (*bp)[:0]
+	}
+	go func() {
+		defer close(e.done)
+		for b := range e.full {
+			if e.werr == nil {
+				if _, err := e.w.Write(b); err != nil {
+					e.werr = err
+					e.failed.Store(true)
+				}
+			}
+			e.free <- b[:0]
+		}
+	}()
+}
+
+// stop ends the writer goroutine, if any, after it has written everything
+// handed to it.
+func (e *emitter) stop() {
+	if e.full == nil {
+		return
+	}
+	close(e.full)
+	<-e.done
+	if e.werr != nil && e.err == nil {
+		e.err = e.werr
+	}
+	e.full = nil
+}
+
+// finish flushes everything and waits for the writer goroutine.
+func (e *emitter) finish() error {
+	err := e.flush()
+	e.stop()
+	if err == nil {
+		err = e.err
+	}
 	if err != nil {
-		return fmt.Errorf("nar: dump: %w", err)
-	}
-	defer f.Close()
-	if err := d.header(fsPath, &Header{Path: narPath, Type: TypeRegular, Executable: exec, Size: size}); err != nil {
-		return err
-	}
-	if err := copyContents(d.nw, f, size, d.buf); err != nil {
-		return fmt.Errorf("nar: dump %q: %w", fsPath, err)
+		return fmt.Errorf("nar: write archive: %w", err)
 	}
 	return nil
+}
+
+// release returns the buffers; the writer goroutine must have stopped.
+func (e *emitter) release() {
+	for _, bp := range e.bufs {
+		dumpBufPool.Put(bp)
+	}
+	e.bufs, e.out = nil, nil
 }
 
 // copyContents copies exactly size bytes from r to w through buf.

@@ -45,10 +45,13 @@ func (h *hashFlags) format(x hash.Hash) string {
 	return x.SRI()
 }
 
+// cmdHashPath mirrors `nix hash path`. nar.Dump already overlaps reading a
+// large file with hashing it, on a second goroutine.
 func cmdHashPath(ctx context.Context, e *Env, args []string) error {
 	return runHash(e, args, "hash path", func(w io.Writer, p string) error { return nar.Dump(w, p) })
 }
 
+// cmdHashFile mirrors `nix hash file`.
 func cmdHashFile(ctx context.Context, e *Env, args []string) error {
 	return runHash(e, args, "hash file", func(w io.Writer, p string) error {
 		f, err := os.Open(p)
@@ -56,9 +59,66 @@ func cmdHashFile(ctx context.Context, e *Env, args []string) error {
 			return err
 		}
 		defer f.Close()
-		_, err = io.CopyBuffer(w, f, make([]byte, 1<<20))
-		return err
+		return pipeCopy(w, f)
 	})
+}
+
+const (
+	pipeBufSize = 1 << 20
+	pipeBufs    = 3 // buffers in flight: memory stays 3 MiB whatever the input
+)
+
+// pipeCopy copies r to w. Input longer than one buffer is read on the
+// calling goroutine while a second goroutine writes the previous buffers to
+// w, so hashing a big file costs the time of the hash alone rather than of
+// the hash plus the reads. w's Write calls never overlap.
+func pipeCopy(w io.Writer, r io.Reader) error {
+	first := make([]byte, pipeBufSize)
+	n, err := io.ReadFull(r, first)
+	if err == io.EOF || err == io.ErrUnexpectedEOF {
+		_, err = w.Write(first[:n])
+		return err
+	}
+	if err != nil {
+		return err
+	}
+	full := make(chan []byte, pipeBufs)
+	free := make(chan []byte, pipeBufs)
+	done := make(chan error, 1)
+	go func() {
+		var werr error
+		for b := range full {
+			if werr == nil {
+				_, werr = w.Write(b)
+			}
+			free <- b
+		}
+		done <- werr
+	}()
+	full <- first
+	for range pipeBufs - 1 {
+		free <- make([]byte, pipeBufSize)
+	}
+	var rerr error
+	for {
+		b := <-free
+		n, err := io.ReadFull(r, b[:cap(b)])
+		if n > 0 {
+			full <- b[:n]
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			break
+		}
+		if err != nil {
+			rerr = err
+			break
+		}
+	}
+	close(full)
+	if werr := <-done; werr != nil {
+		return werr
+	}
+	return rerr
 }
 
 func runHash(e *Env, args []string, name string, feed func(io.Writer, string) error) error {

@@ -1,11 +1,15 @@
-// Package examples embeds ferry's example inputs: a small file tree for the
-// format round trip and derivations (JSON form, builder /bin/sh from
-// busybox) that "ferry demo" and the README use.
+// Package examples embeds ferry's example inputs: derivations in the JSON
+// form of `nix show-derivation` (builder /bin/sh from busybox, system
+// x86_64-linux) that "ferry demo" builds and the README uses, and a small
+// file tree.
 package examples
 
 import "embed"
 
-// FS holds everything under examples/ that the demo uses.
+// FS holds the example derivations and the tree.
 //
-//go:embed tree
+//go:embed *.json tree
 var FS embed.FS
+
+// Derivations lists the example derivations in dependency order.
+var Derivations = []string{"hello.json", "chain-a.json", "chain-b.json", "chain-c.json"}

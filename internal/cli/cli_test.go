@@ -123,13 +123,51 @@ func TestGlobalStoreFlagAnywhere(t *testing.T) {
 
 func TestDemo(t *testing.T) {
 	nixtest.RequireNix(t)
-	out := mustFerry(t, nil, "demo")
-	tree := filepath.Join(t.TempDir(), "tree")
-	if err := writeEmbedded(tree); err != nil {
-		t.Fatal(err)
+	dir := t.TempDir()
+	var out, errb bytes.Buffer
+	results, err := runDemo(context.Background(), &Env{Stdout: &out, Stderr: &errb}, filepath.Join(dir, "local"), filepath.Join(dir, "remote"))
+	if err != nil {
+		t.Fatalf("demo: %v\n%s\n%s", err, out.String(), errb.String())
 	}
-	want := nixtest.Line(t, "nix-store", "--store", t.TempDir(), "--add", tree)
-	if !strings.Contains(out, "store path: "+want+"\n") {
-		t.Errorf("demo output:\n%s\nwant store path %s (nix-store --add)", out, want)
+	if len(results) != 4 || !strings.Contains(out.String(), "no .drv file reached the remote") {
+		t.Fatalf("demo output:\n%s", out.String())
 	}
+	// Real Nix realises the same derivations (written into its store by
+	// ferry derivation add) to the same output paths and contents.
+	nixStore := filepath.Join(dir, "nix")
+	var drvs []string
+	for _, name := range []string{"hello", "chain-a", "chain-b", "chain-c"} {
+		drvs = append(drvs, strings.TrimSpace(mustFerry(t, nil, "--store", nixStore, "derivation", "add", filepath.Join("../../examples", name+".json"))))
+	}
+	nixtest.Nix(t, nil, "nix-store", "--store", nixStore, "--realise", drvs[0], drvs[3])
+	for _, r := range results {
+		for _, p := range r.Outputs {
+			want := nixtest.Line(t, "nix", "path-info", "--store", nixStore, "--json", string(p))
+			got := nixtest.Line(t, "nix", "path-info", "--store", filepath.Join(dir, "local"), "--json", string(p))
+			// Registration times and ultimate differ: the demo copied them.
+			w, g := stripTimes(want), stripTimes(got)
+			if w != g {
+				t.Errorf("%s:\nferry demo: %s\nnix-store --realise: %s", p, g, w)
+			}
+		}
+	}
+}
+
+// stripTimes drops the fields of nix path-info --json that depend on when
+// and where a path was registered.
+func stripTimes(s string) string {
+	for _, f := range []string{`"registrationTime":`, `"ultimate":`} {
+		for {
+			i := strings.Index(s, f)
+			if i < 0 {
+				break
+			}
+			j := i + strings.IndexAny(s[i:], ",}")
+			if s[j] == ',' {
+				j++
+			}
+			s = s[:i] + s[j:]
+		}
+	}
+	return strings.ReplaceAll(s, ",}", "}")
 }

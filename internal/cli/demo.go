@@ -1,93 +1,289 @@
 package cli
 
 import (
-	"bytes"
 	"context"
-	"crypto/sha256"
 	"fmt"
-	"io/fs"
+	"io"
 	"os"
 	"path/filepath"
+	"sort"
+	"strings"
 
 	"ferry/examples"
-	"ferry/nix/hash"
-	"ferry/nix/nar"
+	"ferry/internal/localstore"
+	"ferry/internal/serve"
+	"ferry/internal/settings"
+	"ferry/nix/derivation"
 	"ferry/nix/storepath"
+	"ferry/store"
 )
 
 func init() {
-	register(&command{name: "demo", args: "[DIR]", summary: "ferry's main job on an embedded default (needs no sshd and no root)", run: cmdDemo})
+	register(&command{name: "demo", args: "[--keep]", summary: "ferry's main job on an embedded default: remote builds of in-memory derivations over the serve protocol (no sshd, no root)", run: cmdDemo})
 }
 
-// cmdDemo runs the format round trip on the embedded example tree, or on
-// DIR: dump to a NAR, restore it, dump again and compare, and print the
-// NAR hash and the store path `nix-store --add` would give it.
+// demoResult is what the demo reports of one derivation.
+type demoResult struct {
+	Name    string
+	DrvPath storepath.Path
+	Status  store.BuildStatus
+	Outputs map[string]storepath.Path
+}
+
+// cmdDemo plays both ends of a remote build in one process: a client with
+// a local store and the embedded example derivations, and a `ferry serve
+// --write` session on a second store, connected by pipes as ssh would
+// connect them. For each derivation the client sends what the remote lacks
+// of its inputs, sends the derivation itself in memory (BuildDerivation:
+// the remote never sees a .drv file), and copies the outputs back.
 func cmdDemo(ctx context.Context, e *Env, args []string) error {
-	ops, err := parseFlags(newFlags(e, "demo"), args)
+	fs := newFlags(e, "demo")
+	keep := fs.Bool("keep", false, "keep the two stores and print where they are")
+	ops, err := parseFlags(fs, args)
 	if err != nil {
 		return err
 	}
-	if len(ops) > 1 {
-		return usagef("demo takes at most one DIR")
+	if len(ops) != 0 {
+		return usagef("demo takes no operands")
 	}
 	work, err := os.MkdirTemp("", "ferry-demo-")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(work)
-	src := filepath.Join(work, "tree")
-	if len(ops) == 1 {
-		src = ops[0]
-	} else if err := writeEmbedded(src); err != nil {
-		return err
+	if *keep {
+		fmt.Fprintf(e.Stdout, "stores kept in %s (local, remote)\n", work)
+	} else {
+		defer removeAll(work)
 	}
-	var first bytes.Buffer
-	if err := nar.Dump(&first, src); err != nil {
-		return err
-	}
-	dest := filepath.Join(work, "restored")
-	if err := nar.Restore(bytes.NewReader(first.Bytes()), dest); err != nil {
-		return err
-	}
-	var second bytes.Buffer
-	if err := nar.Dump(&second, dest); err != nil {
-		return err
-	}
-	if !bytes.Equal(first.Bytes(), second.Bytes()) {
-		return fmt.Errorf("demo: NAR of the restored tree differs from the original")
-	}
-	sum := sha256.Sum256(first.Bytes())
-	h, _ := hash.New(hash.SHA256, sum[:])
-	p, err := storepath.DefaultDir.MakeFixedOutput(filepath.Base(src), storepath.Recursive, h, nil, false)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(e.Stdout, "nar size:   %d bytes (dump, restore and re-dump identical)\n", first.Len())
-	fmt.Fprintf(e.Stdout, "nar hash:   %s\n", h.SRI())
-	fmt.Fprintf(e.Stdout, "store path: %s\n", p)
-	return nil
+	_, err = runDemo(ctx, e, filepath.Join(work, "local"), filepath.Join(work, "remote"))
+	return err
 }
 
-// writeEmbedded writes the embedded example tree to dir, keeping the
-// executable bits the repository gives its files.
-func writeEmbedded(dir string) error {
-	return fs.WalkDir(examples.FS, "tree", func(name string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel("tree", name)
-		target := filepath.Join(dir, rel)
-		if d.IsDir() {
-			return os.MkdirAll(target, 0o755)
-		}
+func runDemo(ctx context.Context, e *Env, localRoot, remoteRoot string) ([]demoResult, error) {
+	local, err := localstore.Open(localRoot, &localstore.Options{NoSync: true})
+	if err != nil {
+		return nil, err
+	}
+	defer local.Close()
+	remote, err := localstore.Open(remoteRoot, &localstore.Options{NoSync: true})
+	if err != nil {
+		return nil, err
+	}
+	defer remote.Close()
+	conf, err := settings.Load(nil)
+	if err != nil {
+		return nil, err
+	}
+
+	// The remote end: one serve session, as `ferry serve --write` behind ssh.
+	toServer, clientOut := io.Pipe()
+	clientIn, fromServer := io.Pipe()
+	served := make(chan error, 1)
+	go func() {
+		err := serve.NewServer(serve.NewLocalBackend(remote, serve.NewLocalBuilder(remote, conf)),
+			&serve.Options{Write: true, Log: prefixWriter(e.Stderr, "remote> ")}).Serve(ctx, toServer, fromServer)
+		fromServer.CloseWithError(fmt.Errorf("server ended: %v", err))
+		toServer.Close()
+		served <- err
+	}()
+	client, err := serve.NewClient(clientIn, clientOut, storepath.DefaultDir)
+	if err != nil {
+		return nil, err
+	}
+
+	drvs := map[storepath.Path]*derivation.Derivation{}
+	var results []demoResult
+	for _, name := range examples.Derivations {
 		data, err := examples.FS.ReadFile(name)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		mode := os.FileMode(0o644)
-		if bytes.HasPrefix(data, []byte("#!")) {
-			mode = 0o755 // embed.FS drops modes; scripts are executable
+		drv, err := derivation.ParseJSON(data)
+		if err != nil {
+			return nil, fmt.Errorf("example %s: %w", name, err)
 		}
-		return os.WriteFile(target, data, mode)
+		if err := drv.FillOutputPaths(storepath.DefaultDir, derivation.MapResolver(drvs), nil); err != nil {
+			return nil, fmt.Errorf("example %s: %w", name, err)
+		}
+		drvPath, err := drv.Path(storepath.DefaultDir)
+		if err != nil {
+			return nil, err
+		}
+		drvs[drvPath] = drv
+		res, err := demoBuild(ctx, client, local, drvs, drvPath, drv)
+		if err != nil {
+			return nil, err
+		}
+		results = append(results, *res)
+		fmt.Fprintf(e.Stdout, "%-8s %-13s on the remote from an in-memory derivation\n", drv.Name, res.Status)
+		for _, o := range sortedKeys(res.Outputs) {
+			fmt.Fprintf(e.Stdout, "         %-4s %s\n", o, res.Outputs[o])
+		}
+	}
+	clientOut.Close()
+	if err := <-served; err != nil {
+		return nil, fmt.Errorf("serve session: %w", err)
+	}
+
+	// What the mission promises: the remote built everything without ever
+	// holding a .drv file, and the outputs came back complete.
+	entries, err := os.ReadDir(remote.RealDir())
+	if err != nil {
+		return nil, err
+	}
+	for _, ent := range entries {
+		if strings.HasSuffix(ent.Name(), ".drv") {
+			return nil, fmt.Errorf("demo: the remote store holds a .drv file: %s", ent.Name())
+		}
+	}
+	rep, err := local.Verify(ctx, true, false)
+	if err != nil {
+		return nil, err
+	}
+	if !rep.OK() {
+		return nil, fmt.Errorf("demo: local store does not verify: %v", rep.Messages)
+	}
+	last := results[len(results)-1]
+	msg, err := os.ReadFile(filepath.Join(local.RealPath(last.Outputs["out"]), "message"))
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(e.Stdout, "no .drv file reached the remote; outputs copied back and verified\n%s/message: %s", last.Outputs["out"], msg)
+	return results, nil
+}
+
+// demoBuild sends drv's missing inputs, builds it remotely in memory and
+// copies its outputs back into local.
+func demoBuild(ctx context.Context, c *serve.Client, local *localstore.Store, drvs map[storepath.Path]*derivation.Derivation, drvPath storepath.Path, drv *derivation.Derivation) (*demoResult, error) {
+	basic, err := serve.BasicDerivation(drv, func(p storepath.Path) (map[string]storepath.Path, error) {
+		in, ok := drvs[p]
+		if !ok {
+			return nil, fmt.Errorf("unknown input derivation %s", p)
+		}
+		return in.OutputPaths(), nil
 	})
+	if err != nil {
+		return nil, err
+	}
+	// Ask what the remote has, locking it there for the session, and send
+	// only the rest of the input closure, references first.
+	closure, err := local.QueryClosure(ctx, basic.InputSrcs, false)
+	if err != nil {
+		return nil, err
+	}
+	have, err := c.QueryValidPaths(closure, true, false)
+	if err != nil {
+		return nil, err
+	}
+	missing := without(closure, have)
+	sorted, err := localstore.TopoSort(missing, func(p storepath.Path) []storepath.Path {
+		refs, _ := local.QueryReferences(ctx, p)
+		return refs
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range sorted {
+		info, err := local.QueryPathInfo(ctx, p)
+		if err != nil {
+			return nil, err
+		}
+		pr, pw := io.Pipe()
+		go func() { pw.CloseWithError(local.NarFromPath(ctx, p, pw)) }()
+		if err := c.AddToStoreNar(info, pr); err != nil {
+			return nil, fmt.Errorf("send %s: %w", p, err)
+		}
+	}
+	res, err := c.BuildDerivation(drvPath, basic, nil)
+	if err != nil {
+		return nil, err
+	}
+	if !res.Status.Success() {
+		return nil, fmt.Errorf("build of %s failed (%v): %s", drvPath, res.Status, res.ErrorMsg)
+	}
+	outs := drv.OutputPaths()
+	var paths []storepath.Path
+	for _, p := range outs {
+		paths = append(paths, p)
+	}
+	infos, err := c.QueryPathInfos(paths)
+	if err != nil {
+		return nil, err
+	}
+	for _, info := range infos {
+		pr, pw := io.Pipe()
+		added := make(chan error, 1)
+		go func() {
+			err := local.AddToStoreNar(ctx, info, pr)
+			pr.CloseWithError(err)
+			added <- err
+		}()
+		err := c.DumpStorePath(info.Path, pw)
+		pw.CloseWithError(err)
+		if aerr := <-added; err == nil {
+			err = aerr
+		}
+		if err != nil {
+			return nil, fmt.Errorf("copy back %s: %w", info.Path, err)
+		}
+	}
+	return &demoResult{Name: drv.Name, DrvPath: drvPath, Status: res.Status, Outputs: outs}, nil
+}
+
+func without(all, have []storepath.Path) []storepath.Path {
+	h := map[storepath.Path]bool{}
+	for _, p := range have {
+		h[p] = true
+	}
+	var out []storepath.Path
+	for _, p := range all {
+		if !h[p] {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func sortedKeys(m map[string]storepath.Path) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// prefixWriter prefixes every line written to w.
+func prefixWriter(w io.Writer, prefix string) io.Writer {
+	return &prefixer{w: w, prefix: prefix, bol: true}
+}
+
+type prefixer struct {
+	w      io.Writer
+	prefix string
+	bol    bool
+}
+
+func (p *prefixer) Write(b []byte) (int, error) {
+	var out []byte
+	for _, c := range b {
+		if p.bol {
+			out = append(out, p.prefix...)
+		}
+		out = append(out, c)
+		p.bol = c == '\n'
+	}
+	_, err := p.w.Write(out)
+	return len(b), err
+}
+
+// removeAll removes a tree of store objects, which are read-only.
+func removeAll(dir string) {
+	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			os.Chmod(p, 0o755)
+		}
+		return nil
+	})
+	os.RemoveAll(dir)
 }

@@ -102,6 +102,10 @@ type builder struct {
 	drv     *derivation.Derivation
 	opts    *Options
 	s       *settings.Settings
+	// ran is set once the builder has exited by itself (not killed for a
+	// limit or a cancellation): Nix's DerivationGoal::buildDone counts
+	// such a run in timesBuilt whether the build then succeeds or fails.
+	ran bool
 }
 
 // name is how Nix's messages name the goal (DerivationGoal::name).
@@ -189,6 +193,9 @@ func (b *builder) run(ctx context.Context, res *store.BuildResult) (store.BuildS
 	}
 
 	status, msg, infos, err := b.runBuilder(ctx, outs, closure)
+	if b.ran {
+		res.TimesBuilt = 1
+	}
 	if err != nil || !status.Success() {
 		// A failed build leaves nothing at the output paths.
 		for _, p := range realOuts {
@@ -203,7 +210,6 @@ func (b *builder) run(ctx context.Context, res *store.BuildResult) (store.BuildS
 		return 0, "", fmt.Errorf("register outputs of '%s': %w", b.drvPath, err)
 	}
 	locks.SetDeletion(true)
-	res.TimesBuilt = 1
 	return store.Built, "", nil
 }
 
@@ -386,11 +392,12 @@ func (b *builder) runBuilder(ctx context.Context, outs map[string]storepath.Path
 	if logs.limitExceeded() {
 		return fail(store.LogLimitExceeded, fmt.Sprintf("%s killed after writing more than %d bytes of log output", b.name(), b.s.MaxLogSize))
 	}
+	if waitErr != nil && ctx.Err() != nil {
+		keep = b.s.KeepFailed
+		return 0, "", nil, fmt.Errorf("build of '%s' interrupted: %w", b.drvPath, ctx.Err())
+	}
+	b.ran = true
 	if waitErr != nil {
-		if ctx.Err() != nil {
-			keep = b.s.KeepFailed
-			return 0, "", nil, fmt.Errorf("build of '%s' interrupted: %w", b.drvPath, ctx.Err())
-		}
 		var exit *exec.ExitError
 		if !errors.As(waitErr, &exit) {
 			return fail(store.MiscFailure, fmt.Sprintf("builder for '%s': %v", b.drvPath, waitErr))

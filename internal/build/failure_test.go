@@ -124,8 +124,16 @@ func TestBuildFailures(t *testing.T) {
 			if tt.status.Success() {
 				return
 			}
-			if res.TimesBuilt != 0 || res.BuiltOutputs != nil {
-				t.Errorf("result %+v", res)
+			// Like Nix, a builder that ran to its end counts in
+			// timesBuilt even if the build failed; one killed for a limit
+			// or never started does not.
+			var times uint64
+			switch tt.status {
+			case store.PermanentFailure, store.TransientFailure, store.OutputRejected:
+				times = 1
+			}
+			if res.TimesBuilt != times || res.BuiltOutputs != nil {
+				t.Errorf("result %+v, want timesBuilt %d and no outputs", res, times)
 			}
 			all, err := st.QueryAllValidPaths(ctx)
 			if err != nil {

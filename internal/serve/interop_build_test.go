@@ -591,6 +591,18 @@ func ibProcs(words ...string) []int {
 	return pids
 }
 
+// ibAlive reports whether process pid exists and is not a zombie waiting
+// for its parent (sshd) to reap it.
+func ibAlive(pid int) bool {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return false
+	}
+	// pid (comm) state ...: comm may hold spaces, so look after the last ')'.
+	i := bytes.LastIndexByte(b, ')')
+	return i < 0 || !bytes.HasPrefix(b[i+1:], []byte(" Z"))
+}
+
 // ibWaitFor polls cond every 20ms for up to d.
 func ibWaitFor(d time.Duration, cond func() bool) bool {
 	for end := time.Now().Add(d); ; time.Sleep(20 * time.Millisecond) {
@@ -653,7 +665,8 @@ func ibDisconnect(t *testing.T, e *ibEnv) {
 	if !ibWaitFor(5*time.Second, func() bool { return len(ibProcs("sleep", secs)) == 0 }) {
 		t.Fatalf("builder %v still running 5s after the client left", builder)
 	}
-	if !ibWaitFor(5*time.Second, func() bool { _, err := os.Stat(filepath.Join("/proc", strconv.Itoa(servers[0]))); return err != nil }) {
+	t.Logf("builder gone %v after the disconnect", time.Since(start).Round(time.Millisecond))
+	if !ibWaitFor(5*time.Second, func() bool { return !ibAlive(servers[0]) }) {
 		t.Fatalf("ferry (pid %d) still running 5s after the client left", servers[0])
 	}
 	t.Logf("builder and session gone %v after the disconnect", time.Since(start).Round(time.Millisecond))

@@ -430,16 +430,11 @@ derivation { name = "ib-%[1]s-input"; system = %[2]q; builder = "/bin/sh";
 	for _, l := range strings.Fields(ibMust(t, nil, "nix-store", "--store", src, "-qR", out)) {
 		closure = append(closure, ibParse(t, l))
 	}
-	args := []string{"--store", src, "--export"}
+	var names []string
 	for _, p := range closure {
-		args = append(args, string(p))
+		names = append(names, string(p))
 	}
-	cmd := exec.Command("nix-store", args...)
-	cmd.Env = nixtest.Env(t.TempDir())
-	stream, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("nix-store --export: %v", err)
-	}
+	stream = ibExport(t, src, names...)
 	return src, input, closure, stream
 }
 

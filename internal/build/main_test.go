@@ -24,18 +24,9 @@ func TestMain(m *testing.M) {
 // are missing: every store in these tests is a chroot store.
 func requireSandbox(t testing.TB) {
 	t.Helper()
-	if _, err := os.Stat("/bin/busybox"); err != nil {
-		if nixtest.InCI() {
-			t.Fatal(err)
-		}
-		t.Skip(err)
-	}
-	if err := sandbox.Available(); err != nil {
-		if nixtest.InCI() {
-			t.Fatal(err)
-		}
-		t.Skip(err)
-	}
+	_, err := os.Stat("/bin/busybox")
+	nixtest.Need(t, err)
+	nixtest.Need(t, sandbox.Available())
 }
 
 func openStore(t testing.TB) *localstore.Store {

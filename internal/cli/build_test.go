@@ -19,18 +19,9 @@ func TestMain(m *testing.M) {
 
 func requireBuilds(t *testing.T) {
 	t.Helper()
-	if _, err := os.Stat("/bin/busybox"); err != nil {
-		if nixtest.InCI() {
-			t.Fatal(err)
-		}
-		t.Skip(err)
-	}
-	if err := sandbox.Available(); err != nil {
-		if nixtest.InCI() {
-			t.Fatal(err)
-		}
-		t.Skip(err)
-	}
+	_, err := os.Stat("/bin/busybox")
+	nixtest.Need(t, err)
+	nixtest.Need(t, sandbox.Available())
 }
 
 // TestBuildExamples adds the example derivations and builds the chain

@@ -117,3 +117,16 @@ func GoldenDir(t testing.TB, rel string) string {
 	}
 	return rel
 }
+
+// Need skips the test when err (a missing prerequisite, such as working
+// namespaces) is non-nil, or fails it under CI.
+func Need(t testing.TB, err error) {
+	t.Helper()
+	if err == nil {
+		return
+	}
+	if InCI() {
+		t.Fatalf("prerequisite missing (CI=true): %v", err)
+	}
+	t.Skip(err)
+}

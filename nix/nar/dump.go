@@ -6,6 +6,7 @@ import (
 	"io"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 const (
@@ -22,15 +23,25 @@ const (
 	// before reading file contents straight into it; with less it flushes
 	// first, so a small file is read with one system call.
 	directMin = 64 << 10
-	// pipelineMin is the size of the first regular file that makes Dump
-	// hand full buffers to a second goroutine, so that reading the next
-	// buffer overlaps with the consumer (typically a hash) of the last.
+	// pipelineMin is the size of a regular file large enough for Dump to
+	// time its reads against w's writes. If w is the slower (a hash, say,
+	// rather than a file or /dev/null), Dump hands full buffers to a second
+	// goroutine from then on, so that reading the next buffer overlaps with
+	// writing the last. Otherwise the handoffs would cost more than they
+	// save.
 	pipelineMin = 4 << 20
+	// sampleBytes is how much of the contents of large files Dump times
+	// before deciding.
+	sampleBytes = 2 << 20
 	// pipelineBufs is the number of buffers in flight while pipelining:
 	// Dump's memory use stays pipelineBufs*copyBufSize whatever the sizes
 	// of the files.
 	pipelineBufs = 3
 )
+
+// pipelineAlways makes Dump pipeline at the first large file without
+// timing; for tests.
+var pipelineAlways = false
 
 var (
 	copyBufPool = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
@@ -72,9 +83,11 @@ func appendString[S string | []byte](b []byte, s S) []byte {
 // bytewise, and any other file type is an error.
 //
 // Memory use does not depend on file sizes: contents stream through at most
-// a few buffers of about 1 MiB. Once Dump meets a large file it calls w.Write from a
-// second goroutine, overlapping reading with whatever w does (hashing, say);
-// the calls never overlap each other and all have returned when Dump does.
+// a few buffers of about 1 MiB. Once Dump finds, on a large file, that w
+// takes longer to write than the file system to read (as when w is a hash),
+// it calls w.Write from a second goroutine, overlapping reading with
+// writing; the calls never overlap each other and all have returned when
+// Dump does.
 func Dump(w io.Writer, path string) error {
 	e := newEmitter(w)
 	defer e.release()
@@ -102,7 +115,13 @@ type emitter struct {
 	done       chan struct{}
 	werr       error
 	failed     atomic.Bool
-	bufs       []*[]byte // buffers from dumpBufPool, to return
+
+	// While timing (see pipelineMin): the time spent reading and writing
+	// sampled bytes of contents, and whether the choice is made.
+	readTime, writeTime time.Duration
+	sampled             int64
+	timing, decided     bool
+	bufs                []*[]byte // buffers from dumpBufPool, to return
 }
 
 func newEmitter(w io.Writer) *emitter {
@@ -143,9 +162,11 @@ func (e *emitter) regular(r io.Reader, size int64, exec bool) error {
 		e.token(tokRegular)
 	}
 	e.uint64(uint64(size))
-	if size >= pipelineMin && e.full == nil {
+	if size >= pipelineMin && pipelineAlways && e.full == nil {
 		e.pipeline()
 	}
+	e.timing = size >= pipelineMin && !e.decided
+	defer func() { e.timing = false }()
 	for left := size; left > 0; {
 		if free := int64(cap(e.out) - len(e.out)); free < min(left, directMin) {
 			if err := e.flush(); err != nil {
@@ -156,7 +177,15 @@ func (e *emitter) regular(r io.Reader, size int64, exec bool) error {
 		if int64(len(b)) > left {
 			b = b[:left]
 		}
+		var start time.Time
+		if e.timing {
+			start = time.Now()
+		}
 		n, err := io.ReadFull(r, b)
+		if e.timing {
+			e.readTime += time.Since(start)
+			e.sampled += int64(n)
+		}
 		e.out = e.out[:len(e.out)+n]
 		left -= int64(n)
 		if err == io.EOF || err == io.ErrUnexpectedEOF {
@@ -185,8 +214,21 @@ func (e *emitter) flush() error {
 		}
 		return e.err
 	}
+	var start time.Time
+	if e.timing {
+		start = time.Now()
+	}
 	_, e.err = e.w.Write(e.out)
 	e.out = e.out[:0]
+	if e.timing {
+		e.writeTime += time.Since(start)
+		if e.sampled >= sampleBytes {
+			e.timing, e.decided = false, true
+			if e.writeTime > e.readTime && e.err == nil {
+				e.pipeline()
+			}
+		}
+	}
 	return e.err
 }
 

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"ferry/internal/nixtest"
 )
@@ -93,9 +94,24 @@ func mixedTree(t testing.TB, dir string) {
 	must(t, os.Mkdir(filepath.Join(dir, "empty"), 0o700))
 }
 
+// bothModes runs f with and without forced pipelining.
+func bothModes(t *testing.T, f func(t *testing.T)) {
+	for _, always := range []bool{false, true} {
+		t.Run(fmt.Sprintf("pipelineAlways=%v", always), func(t *testing.T) {
+			pipelineAlways = always
+			defer func() { pipelineAlways = false }()
+			f(t)
+		})
+	}
+}
+
 func TestDumpMatchesReference(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "tree")
 	mixedTree(t, dir)
+	bothModes(t, func(t *testing.T) { testDumpMatchesReference(t, dir) })
+}
+
+func testDumpMatchesReference(t *testing.T, dir string) {
 	for _, root := range []string{"", "a", "a/f00", "a/f12", "b/link", "empty", "d"} {
 		t.Run("/"+root, func(t *testing.T) {
 			p := filepath.Join(dir, root)
@@ -121,11 +137,14 @@ func TestDumpInteropPipelined(t *testing.T) {
 	nixtest.RequireNix(t)
 	dir := filepath.Join(t.TempDir(), "tree")
 	mixedTree(t, dir)
-	var ours bytes.Buffer
-	must(t, Dump(&ours, dir))
-	if theirs := nixtest.Nix(t, nil, "nix-store", "--dump", dir); !bytes.Equal(ours.Bytes(), theirs) {
-		t.Errorf("Dump differs from nix-store --dump (%d vs %d bytes)", ours.Len(), len(theirs))
-	}
+	theirs := nixtest.Nix(t, nil, "nix-store", "--dump", dir)
+	bothModes(t, func(t *testing.T) {
+		var ours bytes.Buffer
+		must(t, Dump(&ours, dir))
+		if !bytes.Equal(ours.Bytes(), theirs) {
+			t.Errorf("Dump differs from nix-store --dump (%d vs %d bytes)", ours.Len(), len(theirs))
+		}
+	})
 }
 
 // chunkWriter passes writes on in pieces of at most n bytes.
@@ -162,15 +181,43 @@ func (f *limitWriter) Write(p []byte) (int, error) {
 func TestDumpWriteError(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "tree")
 	mixedTree(t, dir)
-	for _, root := range []string{"", "d", "a/f12"} {
-		for _, n := range []int{0, 100, 2 << 20} {
-			t.Run(fmt.Sprintf("%s/%d", root, n), func(t *testing.T) {
-				err := Dump(&limitWriter{n: n}, filepath.Join(dir, root))
-				if !errors.Is(err, errFull) {
-					t.Errorf("Dump = %v, want %v", err, errFull)
-				}
-			})
+	bothModes(t, func(t *testing.T) {
+		for _, root := range []string{"", "d", "a/f12"} {
+			for _, n := range []int{0, 100, 2 << 20} {
+				t.Run(fmt.Sprintf("%s/%d", root, n), func(t *testing.T) {
+					err := Dump(&limitWriter{n: n}, filepath.Join(dir, root))
+					if !errors.Is(err, errFull) {
+						t.Errorf("Dump = %v, want %v", err, errFull)
+					}
+				})
+			}
 		}
+	})
+}
+
+// slowWriter takes a while per write, like a hash, so that Dump pipelines
+// by itself.
+type slowWriter struct{ b bytes.Buffer }
+
+func (s *slowWriter) Write(p []byte) (int, error) {
+	time.Sleep(5 * time.Millisecond)
+	return s.b.Write(p)
+}
+
+func TestDumpPipelinesForSlowWriter(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "tree")
+	mixedTree(t, dir)
+	var w slowWriter
+	e := newEmitter(&w)
+	defer e.release()
+	e.token(tokMagic)
+	must(t, dumpPath(e, dir))
+	if e.full == nil {
+		t.Errorf("Dump into a slow writer did not pipeline")
+	}
+	must(t, e.finish())
+	if want := refDump(t, dir); !bytes.Equal(w.b.Bytes(), want) {
+		t.Errorf("Dump differs from the reference")
 	}
 }
 

@@ -249,9 +249,9 @@ func TestRaceCopyVersusGC(t *testing.T) {
 	os.WriteFile(a, []byte("dependency A\n"), 0o644)
 	os.WriteFile(b, []byte("dependency B\n"), 0o644)
 	src := filepath.Join(t.TempDir(), "src")
-	refs := strings.Fields(run(t, env, "nix-store", "--store", src, "--add", a, b))
+	refs := strings.Fields(runTool(t, env, "nix-store", "--store", src, "--add", a, b))
 	pathA, pathB := refs[0], refs[1]
-	p := strings.Trim(strings.TrimSpace(run(t, env, "nix-instantiate", "--store", src, "--read-write-mode", "--eval", "-E",
+	p := strings.Trim(strings.TrimSpace(runTool(t, env, "nix-instantiate", "--store", src, "--read-write-mode", "--eval", "-E",
 		fmt.Sprintf(`builtins.toFile "p" "uses ${builtins.storePath %q} and ${builtins.storePath %q}"`, pathA, pathB))), `"`)
 
 	for _, tc := range []struct {
@@ -265,7 +265,7 @@ func TestRaceCopyVersusGC(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			dst := filepath.Join(t.TempDir(), "dst")
 			// The remote holds A and B, unrooted (nix-store --add roots nothing).
-			run(t, env, "nix-store", "--store", dst, "--add", a, b)
+			runTool(t, env, "nix-store", "--store", dst, "--add", a, b)
 			ctl := t.TempDir()
 
 			// Start the GC and wait for it to pause after finding its roots.
@@ -377,7 +377,7 @@ func TestRaceCopyVersusGC(t *testing.T) {
 			if cpErr != nil {
 				t.Fatalf("nix copy into ferry serve: %v\n%s", cpErr, cpOut.String())
 			}
-			run(t, env, "nix-store", "--store", dst, "--check-validity", pathA, pathB, p)
+			runTool(t, env, "nix-store", "--store", dst, "--check-validity", pathA, pathB, p)
 			verifyStore(t, env, dst)
 		})
 	}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha1"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -91,29 +90,6 @@ func must(t testing.TB, err error) {
 	}
 }
 
-// pathInfoJSON is the part of `nix path-info --json` (2.8) compared.
-type pathInfoJSON struct {
-	Path       string   `json:"path"`
-	NarHash    string   `json:"narHash"`
-	NarSize    uint64   `json:"narSize"`
-	References []string `json:"references"`
-	Deriver    string   `json:"deriver"`
-	CA         string   `json:"ca"`
-}
-
-func pathInfos(t *testing.T, dir string, paths []string) map[string]pathInfoJSON {
-	t.Helper()
-	out := nixtest.Nix(t, nil, "nix", append([]string{"path-info", "--store", dir, "--json"}, paths...)...)
-	var list []pathInfoJSON
-	must(t, json.Unmarshal(out, &list))
-	m := map[string]pathInfoJSON{}
-	for _, p := range list {
-		sort.Strings(p.References)
-		m[p.Path] = p
-	}
-	return m
-}
-
 // TestCrossNix builds the same derivations with nix-build in one store
 // and with BuildGraph in another (holding the .drv files Nix
 // instantiated there) and compares output paths, NAR hashes, references,
@@ -166,8 +142,8 @@ func TestCrossNix(t *testing.T) {
 	if len(ferryOuts) != 12 {
 		t.Fatalf("only %d outputs: %v", len(ferryOuts), ferryOuts)
 	}
-	want := pathInfos(t, nixStore, ferryOuts)
-	got := pathInfos(t, ferryStore, ferryOuts)
+	want := nixtest.PathInfos(t, nixStore, ferryOuts...)
+	got := nixtest.PathInfos(t, ferryStore, ferryOuts...)
 	for _, p := range ferryOuts {
 		w, g := want[p], got[p]
 		if w.Path == "" || g.Path == "" {

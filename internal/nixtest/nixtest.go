@@ -7,9 +7,11 @@ package nixtest
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 )
@@ -129,4 +131,33 @@ func Need(t testing.TB, err error) {
 		t.Fatalf("prerequisite missing (CI=true): %v", err)
 	}
 	t.Skip(err)
+}
+
+// PathInfo is the part of `nix path-info --json` (2.8) that describes a
+// path the same way in every store holding it: no registration time,
+// ultimate flag or signatures.
+type PathInfo struct {
+	Path       string   `json:"path"`
+	NarHash    string   `json:"narHash"`
+	NarSize    uint64   `json:"narSize"`
+	References []string `json:"references"`
+	Deriver    string   `json:"deriver"`
+	CA         string   `json:"ca"`
+}
+
+// PathInfos runs `nix path-info --json --store store args...` (args are
+// further flags and the paths) and returns the records by path.
+func PathInfos(t testing.TB, store string, args ...string) map[string]PathInfo {
+	t.Helper()
+	out := Nix(t, nil, "nix", append([]string{"path-info", "--json", "--store", store}, args...)...)
+	var list []PathInfo
+	if err := json.Unmarshal(out, &list); err != nil {
+		t.Fatalf("nix path-info --json --store %s: %v\n%s", store, err, out)
+	}
+	m := make(map[string]PathInfo, len(list))
+	for _, p := range list {
+		sort.Strings(p.References)
+		m[p.Path] = p
+	}
+	return m
 }

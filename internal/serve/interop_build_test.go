@@ -11,7 +11,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -129,31 +128,6 @@ func ibGraphExpr(t *testing.T) string {
 	return ibWriteFile(t, strings.ReplaceAll(ibGraphNix, "@FODHASH@", fmt.Sprintf("%x", h)))
 }
 
-// ibPathInfo is what `nix path-info --json` says about a path, less what
-// legitimately differs between stores (registration time, ultimate, sigs).
-type ibPathInfo struct {
-	Path       string   `json:"path"`
-	NarHash    string   `json:"narHash"`
-	NarSize    uint64   `json:"narSize"`
-	References []string `json:"references"`
-	Deriver    string   `json:"deriver"`
-	CA         string   `json:"ca"`
-}
-
-func ibPathInfos(t *testing.T, st string, paths []string) map[string]ibPathInfo {
-	t.Helper()
-	out := ibMust(t, nil, "nix", append([]string{"path-info", "--json", "--recursive", "--store", st}, paths...)...)
-	var infos []ibPathInfo
-	if err := json.Unmarshal([]byte(out), &infos); err != nil {
-		t.Fatalf("path-info --json of %s: %v\n%s", st, err, out)
-	}
-	m := map[string]ibPathInfo{}
-	for _, i := range infos {
-		m[i.Path] = i
-	}
-	return m
-}
-
 func ibVerify(t *testing.T, st string) {
 	t.Helper()
 	_, stderr, err := ibRun(t, nil, "nix-store", "--store", st, "--verify", "--check-contents")
@@ -208,12 +182,12 @@ func ibNixBuildersGraph(t *testing.T, e *ibEnv) {
 		t.Errorf("no ssh session in sshd's log:\n%s", s.Log())
 	}
 
-	want := ibPathInfos(t, ref, outs)
+	want := nixtest.PathInfos(t, ref, append([]string{"--recursive"}, outs...)...)
 	if len(want) != 7 { // fod, multi×3, mid, top×2 (out refers to bin)
 		t.Errorf("reference closure has %d paths, want 7: %v", len(want), want)
 	}
 	for name, st := range map[string]string{"ferry's store": dst, "the client's store": local} {
-		got := ibPathInfos(t, st, outs)
+		got := nixtest.PathInfos(t, st, append([]string{"--recursive"}, outs...)...)
 		if !reflect.DeepEqual(got, want) {
 			t.Errorf("%s differs from a local build:\n got  %+v\n want %+v", name, got, want)
 		}

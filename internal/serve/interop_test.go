@@ -161,39 +161,19 @@ func TestCompareWithNix(t *testing.T) {
 		{"non-zero padding", cat(hello(), u64s(1, 0, 0, 1, 3), []byte("abc\x00\x00\x00\x00\x01")), false},
 		{"huge command", cat(hello(), u64s(1+1<<32)), false},
 		{"hash mismatch", cat(hello(), func() []byte {
-			var buf bytes.Buffer
-			w := wire.NewWriter(&buf)
 			bad := *upInfo
 			bad.Path = "/nix/store/0000000000000000000000000000000a-bad"
 			bad.References = nil
-			bad.NarHash = store.PathInfo{}.NarHash
 			bad.NarHash, _ = hash.New(hash.SHA256, make([]byte, 32))
-			WriteCommand(w, CmdAddToStoreNar)
-			WriteAddToStoreNar(w, &bad)
-			w.Write(upNar)
-			w.Flush()
-			return buf.Bytes()
+			return addToStoreNar(&bad, upNar)
 		}()), true},
 		{"invalid reference", cat(hello(), func() []byte {
-			var buf bytes.Buffer
-			w := wire.NewWriter(&buf)
 			bad := *upInfo
 			bad.Path = "/nix/store/0000000000000000000000000000000a-bad"
 			bad.References = []storepath.Path{bogus}
-			WriteCommand(w, CmdAddToStoreNar)
-			WriteAddToStoreNar(w, &bad)
-			w.Write(upNar)
-			w.Flush()
-			return buf.Bytes()
+			return addToStoreNar(&bad, upNar)
 		}()), true},
-		{"bad nar size", cat(hello(), func() []byte {
-			var buf bytes.Buffer
-			w := wire.NewWriter(&buf)
-			WriteCommand(w, CmdAddToStoreNar)
-			WriteAddToStoreNar(w, &store.PathInfo{Path: "/nix/store/0000000000000000000000000000000a-bad", NarHash: upInfo.NarHash})
-			w.Flush()
-			return buf.Bytes()
-		}()), false},
+		{"bad nar size", cat(hello(), addToStoreNar(&store.PathInfo{Path: "/nix/store/0000000000000000000000000000000a-bad", NarHash: upInfo.NarHash}, nil)), false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			nixOut, nixErr, nerr := nixServe(t, home, nixRoot, tc.in)
@@ -217,4 +197,15 @@ func TestCompareWithNix(t *testing.T) {
 func lastLine(s string) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	return lines[len(lines)-1]
+}
+
+// addToStoreNar encodes an AddToStoreNar command with its metadata and nar.
+func addToStoreNar(info *store.PathInfo, nar []byte) []byte {
+	var buf bytes.Buffer
+	w := wire.NewWriter(&buf)
+	WriteCommand(w, CmdAddToStoreNar)
+	WriteAddToStoreNar(w, info)
+	w.Write(nar)
+	w.Flush()
+	return buf.Bytes()
 }

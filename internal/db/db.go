@@ -4,6 +4,12 @@
 // formats of §5.3 and the busy handling that lets ferry and real Nix
 // share one database.
 //
+// It also owns the other files of <state>/db that Nix keeps beside the
+// database: the schema file (ReadSchemaFile, WriteSchemaFile, CheckSchema;
+// Open with Options.UpgradeFrom runs Nix 2.8's upgrades from schemas 6-9)
+// and db/reserved (Reserve, Unreserve), the space a garbage collection
+// frees first on a full disk.
+//
 // The SQL lives in embedded files under sql/. The driver is the pure-Go
 // modernc.org/sqlite (docs/sqlite-driver.md says why).
 //
@@ -22,7 +28,6 @@ import (
 	"math/rand/v2"
 	"net/url"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -76,6 +81,12 @@ type Options struct {
 	// NoSync sets synchronous=off instead of normal (Nix's
 	// fsync-metadata=false).
 	NoSync bool
+	// UpgradeFrom, when between MinSchemaVersion and SchemaVersion-1,
+	// runs Nix 2.8's upgrade steps from that schema version before the
+	// statements are prepared (see Upgrade). Zero means no upgrade. The
+	// caller holds the big lock exclusively and writes the schema file
+	// after.
+	UpgradeFrom int
 }
 
 // DB is an open store database. It is safe for concurrent use; its
@@ -128,6 +139,12 @@ func Open(path string, opts *Options) (*DB, error) {
 		sdb.Close()
 		return nil, fmt.Errorf("open database %s: %w", path, err)
 	}
+	if opts.UpgradeFrom != 0 {
+		if err := d.upgrade(ctx, opts.UpgradeFrom); err != nil {
+			sdb.Close()
+			return nil, fmt.Errorf("open database %s: %w", path, err)
+		}
+	}
 	for _, n := range statementNames {
 		st, err := sdb.PrepareContext(ctx, mustSQL(n))
 		if err != nil {
@@ -163,38 +180,6 @@ func (d *DB) setup(ctx context.Context, create bool) error {
 		}
 		return nil
 	})
-}
-
-// WriteSchemaFile writes the schema file of dbDir ("10", no newline, mode
-// 0644) atomically.
-func WriteSchemaFile(dbDir string) error {
-	p := filepath.Join(dbDir, "schema")
-	tmp := fmt.Sprintf("%s.tmp-%d", p, os.Getpid())
-	if err := os.WriteFile(tmp, []byte(fmt.Sprint(SchemaVersion)), 0o644); err != nil {
-		return fmt.Errorf("write schema file: %w", err)
-	}
-	if err := os.Rename(tmp, p); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write schema file: %w", err)
-	}
-	return nil
-}
-
-// ReadSchemaFile returns the version in dbDir's schema file, or 0 if
-// there is none.
-func ReadSchemaFile(dbDir string) (int, error) {
-	b, err := os.ReadFile(filepath.Join(dbDir, "schema"))
-	if errors.Is(err, os.ErrNotExist) {
-		return 0, nil
-	}
-	if err != nil {
-		return 0, fmt.Errorf("read schema file: %w", err)
-	}
-	var v int
-	if _, err := fmt.Sscanf(strings.TrimSpace(string(b)), "%d", &v); err != nil {
-		return 0, fmt.Errorf("read schema file: bad contents %q", b)
-	}
-	return v, nil
 }
 
 // Close closes the database.

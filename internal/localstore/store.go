@@ -40,6 +40,13 @@ type Options struct {
 	// Without syncing, a crash of the process still leaves no incomplete
 	// valid path, but a crash of the machine may.
 	NoSync bool
+	// ReservedSize is the size of db/reserved (nix.conf
+	// gc-reserved-space), which Open creates and a deleting garbage
+	// collection removes first, so that there is room to run on a full
+	// disk. Zero means Nix's default, db.DefaultReservedSize (8 MiB); a
+	// negative value reserves nothing (an empty file, as Nix makes with
+	// gc-reserved-space = 0).
+	ReservedSize int64
 }
 
 // Store is an open local store. It is safe for concurrent use by many
@@ -89,54 +96,119 @@ func Open(root string, opts *Options) (*Store, error) {
 	}
 	ctx := context.Background()
 	dbDir := filepath.Join(s.stateDir, "db")
-	schema, err := db.ReadSchemaFile(dbDir)
-	if err != nil {
+	reserved := opts.ReservedSize
+	switch {
+	case reserved == 0:
+		reserved = db.DefaultReservedSize
+	case reserved < 0:
+		reserved = 0
+	}
+	// Errors are ignored as in Nix: a full disk must not stop the store
+	// (and so the garbage collector) from opening.
+	_ = db.Reserve(dbDir, reserved)
+	if err := s.openDB(ctx, dbDir); err != nil {
 		return nil, fmt.Errorf("open store %s: %w", abs, err)
 	}
+	s.temps = lock.OpenTempRoots(s.stateDir)
+	return s, nil
+}
+
+// openDB takes the big lock and opens the database, creating it for a new
+// store or upgrading an old schema first, as LocalStore::LocalStore does
+// (local-store.cc@2.8.0): a new store or an upgrade holds the big lock
+// exclusively (Nix initialises a new store under the shared lock; ferry is
+// stricter), re-reads the schema file once it has the lock, because
+// another process may have done the work meanwhile, and downgrades the
+// lock to shared when done. Schemas older than 6 or newer than 10 are
+// refused with Nix's messages.
+func (s *Store) openDB(ctx context.Context, dbDir string) error {
+	schema, err := db.ReadSchemaFile(dbDir)
+	if err != nil {
+		return err
+	}
+	if err := db.CheckSchema(schema); err != nil {
+		return err
+	}
 	mode := lock.Shared
-	if schema == 0 {
-		mode = lock.Exclusive // initialise alone
+	if schema != db.SchemaVersion {
+		mode = lock.Exclusive
 	}
 	s.big, err = lock.AcquireBigLock(ctx, filepath.Join(dbDir, "big-lock"), mode)
 	if err != nil {
-		return nil, fmt.Errorf("open store %s: %w", abs, err)
+		return err
 	}
-	if mode == lock.Exclusive {
-		// Someone may have initialised it while we waited.
-		if schema, err = db.ReadSchemaFile(dbDir); err != nil {
-			s.big.Release()
-			return nil, fmt.Errorf("open store %s: %w", abs, err)
-		}
-	}
-	switch {
-	case schema > db.SchemaVersion:
-		s.big.Release()
-		return nil, fmt.Errorf("open store %s: database schema version %d is newer than %d", abs, schema, db.SchemaVersion)
-	case schema != 0 && schema < db.SchemaVersion:
-		s.big.Release()
-		return nil, fmt.Errorf("open store %s: database schema version %d needs an upgrade (run Nix once)", abs, schema)
-	}
-	s.db, err = db.Open(filepath.Join(dbDir, "db.sqlite"), &db.Options{Create: schema == 0})
-	if err != nil {
-		s.big.Release()
-		return nil, fmt.Errorf("open store %s: %w", abs, err)
-	}
-	if schema == 0 {
-		if err := db.WriteSchemaFile(dbDir); err != nil {
+	fail := func(err error) error {
+		if s.db != nil {
 			s.db.Close()
-			s.big.Release()
-			return nil, fmt.Errorf("open store %s: %w", abs, err)
+		}
+		s.big.Release()
+		return err
+	}
+	if schema, err = db.ReadSchemaFile(dbDir); err != nil {
+		return fail(err)
+	}
+	if err := db.CheckSchema(schema); err != nil {
+		return fail(err)
+	}
+	if mode == lock.Shared && schema != db.SchemaVersion {
+		// The store was replaced under us; start over with the right lock.
+		s.big.Release()
+		return s.openDB(ctx, dbDir)
+	}
+	if schema != 0 && schema < 7 && os.Geteuid() == 0 {
+		// Schema 6 to 7 (Nix 1.3): clear the immutable bits Nix < 1.3
+		// set on store files (LocalStore::upgradeStore7).
+		makeMutable(s.realDir)
+	}
+	upgradeFrom := 0
+	if schema != 0 && schema < db.SchemaVersion {
+		upgradeFrom = schema
+	}
+	s.db, err = db.Open(filepath.Join(dbDir, "db.sqlite"), &db.Options{Create: schema == 0, UpgradeFrom: upgradeFrom})
+	if err != nil {
+		return fail(err)
+	}
+	if schema != db.SchemaVersion {
+		if err := db.WriteSchemaFile(dbDir); err != nil {
+			return fail(err)
 		}
 	}
 	if mode == lock.Exclusive {
 		if err := s.big.Downgrade(ctx); err != nil {
-			s.db.Close()
-			s.big.Release()
-			return nil, fmt.Errorf("open store %s: %w", abs, err)
+			return fail(err)
 		}
 	}
-	s.temps = lock.OpenTempRoots(s.stateDir)
-	return s, nil
+	return nil
+}
+
+// fsImmutableFL is FS_IMMUTABLE_FL of linux/fs.h: file can't be modified.
+const fsImmutableFL = 0x10
+
+// makeMutable clears FS_IMMUTABLE_FL on every regular file and directory
+// under path, never following symlinks; errors getting or setting the
+// flag are ignored (filesystems without it), as in Nix's makeMutable.
+func makeMutable(path string) {
+	st, err := os.Lstat(path)
+	if err != nil || !(st.Mode().IsDir() || st.Mode().IsRegular()) {
+		return
+	}
+	if st.IsDir() {
+		if ents, err := os.ReadDir(path); err == nil {
+			for _, e := range ents {
+				makeMutable(filepath.Join(path, e.Name()))
+			}
+		}
+	}
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	defer unix.Close(fd)
+	flags, err := unix.IoctlGetUint32(fd, unix.FS_IOC_GETFLAGS)
+	if err != nil || flags&fsImmutableFL == 0 {
+		return
+	}
+	_ = unix.IoctlSetPointerInt(fd, unix.FS_IOC_SETFLAGS, int(flags&^fsImmutableFL))
 }
 
 // makeDirs creates the layout a fresh Nix 2.8 store has (verified with

@@ -15,6 +15,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -72,6 +73,28 @@ type Settings struct {
 	// (requiredSystemFeatures). Default nixos-test, benchmark,
 	// big-parallel, plus kvm when /dev/kvm exists.
 	SystemFeatures []string
+
+	// ReservedSize is gc-reserved-space: the size of db/reserved, which
+	// opening a store creates and a deleting garbage collection removes
+	// first. Default 8 MiB.
+	ReservedSize int64
+	// MinFree is min-free: when free space on the store's filesystem
+	// falls below it during a build, a garbage collection runs in the
+	// background. Default 0, which disables that.
+	MinFree uint64
+	// MaxFree is max-free: such a collection stops once about this many
+	// bytes are free. Default math.MaxUint64 (delete all garbage).
+	MaxFree uint64
+	// MinFreeCheckInterval is min-free-check-interval: free space is
+	// checked at most this often. Default 5 seconds.
+	MinFreeCheckInterval time.Duration
+	// KeepOutputs is keep-outputs (alias gc-keep-outputs): the garbage
+	// collector keeps the outputs of live derivations. Default false.
+	KeepOutputs bool
+	// KeepDerivations is keep-derivations (alias gc-keep-derivations):
+	// the garbage collector keeps the derivers of live paths. Default
+	// true.
+	KeepDerivations bool
 }
 
 // Default returns Nix 2.8's defaults for this machine.
@@ -83,6 +106,11 @@ func Default() *Settings {
 		MaxJobs:         1,
 		System:          thisSystem(),
 		SystemFeatures:  []string{"nixos-test", "benchmark", "big-parallel"},
+
+		ReservedSize:         8 << 20,
+		MaxFree:              math.MaxUint64,
+		MinFreeCheckInterval: 5 * time.Second,
+		KeepDerivations:      true,
 	}
 	if _, err := os.Stat("/bin/busybox"); err == nil {
 		s.SandboxPaths = []string{"/bin/sh=/bin/busybox"}
@@ -291,18 +319,57 @@ func (s *Settings) Set(name, value string) error {
 		s.System = value
 	case "system-features":
 		list(&s.SystemFeatures)
+	case "gc-reserved-space":
+		s.ReservedSize, err = strconv.ParseInt(value, 10, 64)
+		if err != nil {
+			err = invalid(name, value)
+		}
+	case "min-free":
+		s.MinFree, err = parseUint64(name, value)
+	case "max-free":
+		s.MaxFree, err = parseUint64(name, value)
+	case "min-free-check-interval":
+		var n uint64
+		n, err = parseUint64(name, value)
+		if err == nil && n > uint64(time.Duration(math.MaxInt64)/time.Second) {
+			err = fmt.Errorf("option '%s' has invalid value '%s': too large", name, value)
+		}
+		s.MinFreeCheckInterval = time.Duration(n) * time.Second
+	case "keep-outputs", "gc-keep-outputs":
+		s.KeepOutputs, err = parseBool(name, value)
+	case "keep-derivations", "gc-keep-derivations":
+		s.KeepDerivations, err = parseBool(name, value)
 	}
 	return err
 }
 
+// parseBool reads a Boolean the way Nix 2.8's BaseSetting<bool>::set
+// does: true, yes or 1; false, no or 0.
 func parseBool(name, v string) (bool, error) {
 	switch v {
-	case "true":
+	case "true", "yes", "1":
 		return true, nil
-	case "false":
+	case "false", "no", "0":
 		return false, nil
 	}
 	return false, fmt.Errorf("option '%s' has invalid value '%s': expected true or false", name, v)
+}
+
+func invalid(name, v string) error {
+	return fmt.Errorf("option '%s' has invalid value '%s'", name, v)
+}
+
+// parseUint64 reads an unsigned integer setting (Nix's string2Int of
+// uint64_t: decimal, no sign, no unit suffix).
+func parseUint64(name, v string) (uint64, error) {
+	if strings.HasPrefix(v, "+") {
+		return 0, invalid(name, v)
+	}
+	n, err := strconv.ParseUint(v, 10, 64)
+	if err != nil {
+		return 0, invalid(name, v)
+	}
+	return n, nil
 }
 
 func parseInt(name, v string) (int, error) {

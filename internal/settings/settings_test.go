@@ -74,7 +74,18 @@ func TestSet(t *testing.T) {
 	}{
 		{"sandbox", "relaxed", func(s *Settings) bool { return s.Sandbox == SandboxRelaxed }, ""},
 		{"sandbox", "maybe", nil, "invalid value 'maybe'"},
-		{"keep-failed", "yes", nil, "expected true or false"},
+		{"keep-failed", "yes", func(s *Settings) bool { return s.KeepFailed }, ""},
+		{"keep-failed", "maybe", nil, "expected true or false"},
+		{"gc-reserved-space", "1024", func(s *Settings) bool { return s.ReservedSize == 1024 }, ""},
+		{"gc-reserved-space", "1M", nil, "invalid value '1M'"},
+		{"min-free", "1000000", func(s *Settings) bool { return s.MinFree == 1000000 }, ""},
+		{"min-free", "-1", nil, "invalid value '-1'"},
+		{"max-free", "18446744073709551615", func(s *Settings) bool { return s.MaxFree == 1<<64-1 }, ""},
+		{"max-free", "1G", nil, "invalid value '1G'"},
+		{"min-free-check-interval", "0", func(s *Settings) bool { return s.MinFreeCheckInterval == 0 }, ""},
+		{"min-free-check-interval", "18446744073709551615", nil, "too large"},
+		{"gc-keep-outputs", "true", func(s *Settings) bool { return s.KeepOutputs }, ""},
+		{"keep-derivations", "0", func(s *Settings) bool { return !s.KeepDerivations }, ""},
 		{"cores", "-1", nil, "non-negative integer"},
 		{"max-jobs", "auto", func(s *Settings) bool { return s.MaxJobs >= 1 }, ""},
 		{"build-max-silent-time", "7", func(s *Settings) bool { return s.MaxSilentTime == 7*time.Second }, ""},
@@ -135,5 +146,14 @@ func TestCanBuild(t *testing.T) {
 		if got := s.CanBuild(tt.platform, tt.builder, tt.features); got != tt.want {
 			t.Errorf("CanBuild(%s, %s, %v) = %v", tt.platform, tt.builder, tt.features, got)
 		}
+	}
+}
+
+// TestGCDefaults: Nix 2.8's globals.hh defaults for the GC settings.
+func TestGCDefaults(t *testing.T) {
+	d := Default()
+	if d.ReservedSize != 8<<20 || d.MinFree != 0 || d.MaxFree != 1<<64-1 ||
+		d.MinFreeCheckInterval != 5*time.Second || d.KeepOutputs || !d.KeepDerivations {
+		t.Errorf("GC defaults %+v", d)
 	}
 }

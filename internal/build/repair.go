@@ -1,0 +1,529 @@
+package build
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"ferry/internal/localstore"
+	"ferry/internal/lock"
+	"ferry/internal/settings"
+	"ferry/nix/derivation"
+	"ferry/nix/hash"
+	"ferry/nix/nar"
+	"ferry/nix/storepath"
+	"ferry/store"
+)
+
+// RepairPath repairs the valid path p of st, whose files are missing or
+// no longer match the database, as Nix 2.8's LocalStore::repairPath does
+// once substitution has failed (ferry has no substituters): if p's deriver
+// is known and is a valid .drv in st, the deriver is rebuilt in repair
+// mode (Repair); otherwise the error is "cannot repair path 'p'". A build
+// that fails returns its message as the error. It is the repairer
+// "ferry store verify --repair" gives localstore.VerifyOptions.Repair.
+func RepairPath(ctx context.Context, st *localstore.Store, p storepath.Path, opts *Options) error {
+	info, err := st.QueryPathInfo(ctx, p)
+	if err != nil {
+		return fmt.Errorf("repair path '%s': %w", p, err)
+	}
+	cannot := fmt.Errorf("cannot repair path '%s'", p)
+	if info.Deriver == "" {
+		return cannot
+	}
+	if err := st.AddTempRoot(ctx, info.Deriver); err != nil {
+		return err
+	}
+	if ok, err := st.IsValidPath(ctx, info.Deriver); err != nil {
+		return err
+	} else if !ok {
+		return cannot
+	}
+	d, err := st.ReadDerivation(ctx, info.Deriver)
+	if err != nil {
+		return fmt.Errorf("repair path '%s': %w", p, err)
+	}
+	isOutput := false
+	for _, o := range d.OutputPaths() {
+		isOutput = isOutput || o == p
+	}
+	if !isOutput {
+		return cannot
+	}
+	res, err := Repair(ctx, st, info.Deriver, d, opts)
+	if err != nil {
+		return err
+	}
+	if !res.Status.Success() {
+		return errors.New(res.ErrorMsg)
+	}
+	return nil
+}
+
+// Repair rebuilds the derivation d at drvPath in repair mode (Nix 2.8's
+// DerivationGoal with bmRepair) and replaces its outputs in place, even
+// the valid ones. Its inputs must be valid; they are not repaired in turn
+// (Nix repairs them too). It returns AlreadyValid without building when
+// every output is valid and hashes to its database NAR hash, Built after
+// the outputs were replaced, and Build's failure statuses and messages
+// otherwise; the error is non-nil only when ctx ended or the store failed.
+//
+// The build is redirected, as Nix's is for a valid output without a
+// sandbox: each output is built at a scratch path (Nix's makeFallbackPath,
+// same name, another hash), with the output's hash replaced by the
+// scratch hash in the environment and arguments; the output is then
+// checked like any build output, its scratch hash rewritten back to the
+// real one (only if the output contains it), canonicalised and synced at a
+// temporary name, and swapped with the damaged tree in one
+// renameat2(RENAME_EXCHANGE), so the path is never missing or
+// half-written; the damaged tree is deleted afterwards. The output path
+// locks are held from before the validity check until the database has
+// the outputs' new NAR hashes and sizes (Nix's registerValidPaths, which
+// updates the rows of valid paths: a non-deterministic build changes
+// them). Unlike Nix in a sandbox, the builder sees the scratch path as $out
+// in a sandbox too; for a builder that only writes $out's name into files
+// the result is the same.
+func Repair(ctx context.Context, st *localstore.Store, drvPath storepath.Path, d *derivation.Derivation, opts *Options) (*store.BuildResult, error) {
+	if opts == nil {
+		opts = &Options{}
+	}
+	b := &builder{st: st, drvPath: drvPath, drv: d, opts: opts, s: opts.Settings}
+	if b.s == nil {
+		b.s = settings.Default()
+	}
+	res := &store.BuildResult{StartTime: time.Now()}
+	status, msg, err := b.repair(ctx, res)
+	res.StopTime = time.Now()
+	res.Status = status
+	if err != nil {
+		res.Status = store.MiscFailure
+		res.ErrorMsg = err.Error()
+		return res, err
+	}
+	res.ErrorMsg = msg
+	if !status.Success() {
+		res.BuiltOutputs = nil
+	}
+	return res, nil
+}
+
+// repairOutput is one output on its way back into place.
+type repairOutput struct {
+	name    string
+	final   storepath.Path // the output path, possibly damaged or missing
+	scratch storepath.Path // where the builder makes it
+	tmp     string         // real temporary name the finished tree waits at
+}
+
+func (b *builder) repair(ctx context.Context, res *store.BuildResult) (store.BuildStatus, string, error) {
+	st, d := b.st, b.drv
+	if status, msg := b.buildable(); msg != "" {
+		return status, msg, nil
+	}
+	inputs, missing, err := b.inputPaths(ctx)
+	if err != nil {
+		return 0, "", err
+	}
+	if len(missing) > 0 {
+		return store.MiscFailure, fmt.Sprintf("some dependencies of '%s' are missing: '%s'", b.drvPath, strings.Join(missing, "', '")), nil
+	}
+	closure, err := st.QueryClosure(ctx, inputs, false)
+	if err != nil {
+		return 0, "", err
+	}
+
+	outs := d.OutputPaths()
+	var ros []*repairOutput
+	var finals []storepath.Path
+	var realFinals []string
+	for _, name := range d.OutputNames() {
+		ro := &repairOutput{name: name, final: outs[name], tmp: repairTempName(st)}
+		if ro.scratch, err = fallbackPath(st.Dir(), b.drvPath, ro.final); err != nil {
+			return 0, "", err
+		}
+		for _, p := range []storepath.Path{ro.final, ro.scratch} {
+			if err := st.AddTempRoot(ctx, p); err != nil {
+				return 0, "", err
+			}
+		}
+		ros = append(ros, ro)
+		finals = append(finals, ro.final)
+		realFinals = append(realFinals, st.RealPath(ro.final))
+	}
+	storepath.Sort(finals)
+	locks, err := lock.LockPaths(ctx, realFinals, true)
+	if err != nil {
+		return 0, "", fmt.Errorf("lock outputs of '%s': %w", b.drvPath, err)
+	}
+	defer locks.Unlock()
+	res.BuiltOutputs = outs
+
+	// Nix's checkPathValidity with checkHash: an output is good when it
+	// is valid and its contents match the database.
+	good := 0
+	for _, ro := range ros {
+		ok, err := contentsGood(ctx, st, ro.final)
+		if err != nil {
+			return 0, "", err
+		}
+		if ok {
+			good++
+		}
+	}
+	if good == len(ros) {
+		locks.SetDeletion(true)
+		return store.AlreadyValid, "", nil
+	}
+
+	cleanup := func() {
+		for _, ro := range ros {
+			deleteTree(st.RealPath(ro.scratch))
+			deleteTree(ro.tmp)
+		}
+	}
+	cleanup() // leftovers of an earlier, interrupted repair
+	defer cleanup()
+
+	rd, scratchOuts := redirect(d, ros)
+	rb := &builder{st: st, drvPath: b.drvPath, drv: rd, opts: b.opts, s: b.s}
+	status, msg, infos, err := rb.runBuilder(ctx, scratchOuts, closure)
+	if rb.ran {
+		res.TimesBuilt = 1
+	}
+	if err != nil || !status.Success() {
+		return status, msg, err
+	}
+
+	byScratch := map[storepath.Path]*repairOutput{}
+	for _, ro := range ros {
+		byScratch[ro.scratch] = ro
+	}
+	for _, info := range infos {
+		ro := byScratch[info.Path]
+		if ro == nil {
+			return 0, "", fmt.Errorf("repair '%s': unexpected output %s", b.drvPath, info.Path)
+		}
+		if err := finishOutput(ctx, st, ro, ros, info); err != nil {
+			return 0, "", err
+		}
+	}
+	// Every finished tree is ready before any damaged one is touched.
+	for _, ro := range ros {
+		if err := replaceValidPath(st.RealPath(ro.final), ro.tmp); err != nil {
+			return 0, "", fmt.Errorf("repair '%s': %w", ro.final, err)
+		}
+	}
+	if err := syncDir(st.RealDir()); err != nil {
+		return 0, "", err
+	}
+	if err := st.RegisterValidPaths(ctx, infos); err != nil {
+		return 0, "", fmt.Errorf("register outputs of '%s': %w", b.drvPath, err)
+	}
+	locks.SetDeletion(true)
+	return store.Built, "", nil
+}
+
+// buildable is the checks of Build that don't touch the store; msg is
+// empty when d can be built here.
+func (b *builder) buildable() (store.BuildStatus, string) {
+	d := b.drv
+	typ, err := d.Type()
+	if err != nil {
+		return store.MiscFailure, fmt.Sprintf("derivation '%s': %v", b.drvPath, err)
+	}
+	if typ != derivation.TypeInputAddressed && typ != derivation.TypeFixed {
+		return store.MiscFailure, fmt.Sprintf("cannot build derivation '%s': ferry builds only input-addressed and fixed-output derivations", b.drvPath)
+	}
+	if outs := d.OutputPaths(); len(outs) == 0 || len(outs) != len(d.Outputs) {
+		return store.MiscFailure, fmt.Sprintf("derivation '%s' has outputs without paths", b.drvPath)
+	}
+	if strings.HasPrefix(d.Builder, "builtin:") {
+		return store.MiscFailure, fmt.Sprintf("cannot build derivation '%s': unsupported builtin builder '%s'", b.drvPath, d.Builder)
+	}
+	if _, ok := d.Env["__json"]; ok {
+		return store.MiscFailure, fmt.Sprintf("cannot build derivation '%s': structured attributes are not supported by ferry", b.drvPath)
+	}
+	features := strings.Fields(d.Env["requiredSystemFeatures"])
+	if !b.s.CanBuild(d.Platform, d.Builder, features) {
+		return store.InputRejected, fmt.Sprintf("a '%s' with features {%s} is required to build '%s', but I am a '%s' with features {%s}",
+			d.Platform, strings.Join(features, ", "), b.drvPath, b.s.System, strings.Join(b.s.SystemFeatures, ", "))
+	}
+	return 0, ""
+}
+
+// fallbackPath is Nix 2.8's LocalDerivationGoal::makeFallbackPath for a
+// known output path: the scratch path a repair builds it at.
+func fallbackPath(dir storepath.Dir, drvPath, p storepath.Path) (storepath.Path, error) {
+	zero, err := hash.New(hash.SHA256, make([]byte, sha256.Size))
+	if err != nil {
+		return "", err
+	}
+	return dir.Make("rewrite:"+drvPath.Base()+":"+p.Base(), zero, p.Name())
+}
+
+var repairTemps atomic.Uint64
+
+// repairTempName is a fresh temporary name in the store directory, of the
+// localstore.TempPrefix form, so a leftover is cleaned up like the
+// store's own once this process is gone.
+func repairTempName(st *localstore.Store) string {
+	return filepath.Join(st.RealDir(), fmt.Sprintf("%s%d-repair-%d", localstore.TempPrefix, os.Getpid(), repairTemps.Add(1)))
+}
+
+// redirect returns d with each output's hash and hash placeholder in the
+// environment and arguments replaced by its scratch path's (Nix's
+// inputRewrites, applied in the order of Nix's map: placeholders, which
+// start with '/', before hash parts), and the scratch output paths.
+func redirect(d *derivation.Derivation, ros []*repairOutput) (*derivation.Derivation, map[string]storepath.Path) {
+	var pairs []string
+	for _, ro := range ros {
+		pairs = append(pairs, storepath.HashPlaceholder(ro.name), string(ro.scratch))
+	}
+	for _, ro := range ros {
+		pairs = append(pairs, ro.final.HashPart(), ro.scratch.HashPart())
+	}
+	rewrite := func(s string) string {
+		for i := 0; i < len(pairs); i += 2 {
+			s = strings.ReplaceAll(s, pairs[i], pairs[i+1])
+		}
+		return s
+	}
+	rd := d.Clone()
+	for k, v := range rd.Env {
+		rd.Env[k] = rewrite(v)
+	}
+	for i, a := range rd.Args {
+		rd.Args[i] = rewrite(a)
+	}
+	outs := map[string]storepath.Path{}
+	for _, ro := range ros {
+		outs[ro.name] = ro.scratch
+	}
+	return rd, outs
+}
+
+// finishOutput turns the checked scratch output of ro into the finished
+// tree at ro.tmp and info into the final path's info: if the output
+// refers to any scratch path (its own hash among them), its NAR is
+// rewritten back to the final hashes (Nix's rewriteOutput) and hashed
+// again; else the tree is renamed as it is. The tree is then canonical
+// and synced.
+func finishOutput(ctx context.Context, st *localstore.Store, ro *repairOutput, ros []*repairOutput, info *store.PathInfo) error {
+	toFinal := map[storepath.Path]storepath.Path{}
+	for _, o := range ros {
+		toFinal[o.scratch] = o.final
+	}
+	rewrite := false
+	for i, r := range info.References {
+		if f, ok := toFinal[r]; ok {
+			info.References[i] = f
+			rewrite = true
+		}
+	}
+	storepath.Sort(info.References)
+	info.Path = ro.final
+	src := st.RealPath(ro.scratch)
+	if !rewrite {
+		if err := os.Rename(src, ro.tmp); err != nil {
+			return fmt.Errorf("repair '%s': %w", ro.final, err)
+		}
+	} else {
+		h, n, err := rewriteTree(src, ro.tmp, ros)
+		if err != nil {
+			return fmt.Errorf("repair '%s': rewrite hashes: %w", ro.final, err)
+		}
+		info.NarHash, info.NarSize = h, n
+		if err := deleteTree(src); err != nil {
+			return err
+		}
+		if err := canonicalise(ro.tmp); err != nil {
+			return err
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return syncTree(ro.tmp)
+}
+
+// rewriteTree restores the NAR of src at dst with every scratch hash part
+// replaced by its final one, and returns the rewritten NAR's SHA-256 and
+// size. Hash parts all have the same length, so the NAR's framing stays
+// intact.
+func rewriteTree(src, dst string, ros []*repairOutput) (hash.Hash, uint64, error) {
+	pr, pw := io.Pipe()
+	sum := sha256.New()
+	var size countWriter
+	var w io.Writer = io.MultiWriter(pw, sum, &size)
+	var chain []*hashRewriter
+	for i := len(ros) - 1; i >= 0; i-- {
+		rw := &hashRewriter{w: w, from: []byte(ros[i].scratch.HashPart()), to: []byte(ros[i].final.HashPart())}
+		chain = append([]*hashRewriter{rw}, chain...)
+		w = rw
+	}
+	dumped := make(chan error, 1)
+	go func() {
+		err := nar.Dump(w, src)
+		for _, rw := range chain {
+			if err == nil {
+				err = rw.Flush()
+			}
+		}
+		pw.CloseWithError(err)
+		dumped <- err
+	}()
+	err := nar.Restore(pr, dst)
+	pr.CloseWithError(errors.New("restore ended"))
+	if derr := <-dumped; err == nil {
+		err = derr
+	}
+	if err != nil {
+		deleteTree(dst)
+		return hash.Hash{}, 0, err
+	}
+	return hash.FromHasher(hash.SHA256, sum), size.n, nil
+}
+
+// hashRewriter replaces every occurrence of from by to (of the same
+// length) in what is written through it, as Nix's rewriteStrings does on
+// the whole text: left to right, never matching inside a replacement. It
+// holds back len(from)-1 bytes that may begin an occurrence; Flush writes
+// them.
+type hashRewriter struct {
+	w        io.Writer
+	from, to []byte
+	buf      []byte
+}
+
+func (r *hashRewriter) Write(p []byte) (int, error) {
+	r.buf = append(r.buf, p...)
+	end := 0 // end of the last replacement
+	for {
+		j := bytes.Index(r.buf[end:], r.from)
+		if j < 0 {
+			break
+		}
+		copy(r.buf[end+j:], r.to)
+		end += j + len(r.from)
+	}
+	n := max(end, len(r.buf)-(len(r.from)-1))
+	if n > 0 {
+		if _, err := r.w.Write(r.buf[:n]); err != nil {
+			return 0, err
+		}
+		r.buf = append(r.buf[:0], r.buf[n:]...)
+	}
+	return len(p), nil
+}
+
+// Flush writes what is held back.
+func (r *hashRewriter) Flush() error {
+	if len(r.buf) == 0 {
+		return nil
+	}
+	_, err := r.w.Write(r.buf)
+	r.buf = r.buf[:0]
+	return err
+}
+
+// contentsGood reports whether p is valid, present, and hashes to its
+// database NAR hash (Nix's Worker::pathContentsGood).
+func contentsGood(ctx context.Context, st *localstore.Store, p storepath.Path) (bool, error) {
+	info, err := st.QueryPathInfo(ctx, p)
+	if errors.Is(err, store.ErrNotValid) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	sum := sha256.New()
+	if err := nar.Dump(sum, st.RealPath(p)); err != nil {
+		return false, nil // missing or unreadable
+	}
+	return hash.FromHasher(hash.SHA256, sum).Equal(info.NarHash), nil
+}
+
+// replaceValidPath puts the finished tree at tmp in place of dst (Nix's
+// replaceValidPath) without a moment where dst is missing: one
+// renameat2(RENAME_EXCHANGE) swaps them, then the old tree, now at tmp,
+// is deleted. A missing dst is simply renamed to. Where the file system
+// can't exchange, the old tree is moved aside first, as Nix does, and
+// moved back if the new one can't be put in place.
+func replaceValidPath(dst, tmp string) error {
+	if _, err := os.Lstat(dst); errors.Is(err, fs.ErrNotExist) {
+		if err := os.Rename(tmp, dst); err != nil {
+			return err
+		}
+		return nil
+	}
+	err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, dst, unix.RENAME_EXCHANGE)
+	if err == nil {
+		return deleteTree(tmp)
+	}
+	if !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOSYS) {
+		return fmt.Errorf("replace %s: %w", dst, err)
+	}
+	old := tmp + "-old"
+	if err := os.Rename(dst, old); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		os.Rename(old, dst)
+		return err
+	}
+	return deleteTree(old)
+}
+
+// syncTree fsyncs every file and directory under root, children first.
+func syncTree(root string) error {
+	var dirs []string
+	err := filepath.WalkDir(root, func(p string, e fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		switch {
+		case e.IsDir():
+			dirs = append(dirs, p)
+		case e.Type().IsRegular():
+			return syncFile(p)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("sync %s: %w", root, err)
+	}
+	for i := len(dirs) - 1; i >= 0; i-- {
+		if err := syncDir(dirs[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func syncFile(p string) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	err = f.Sync()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("sync %s: %w", p, err)
+	}
+	return nil
+}
+
+func syncDir(p string) error { return syncFile(p) }

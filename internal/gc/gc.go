@@ -12,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 
+	"ferry/internal/db"
 	"ferry/internal/localstore"
 	"ferry/internal/lock"
 	"ferry/nix/storepath"
@@ -124,7 +125,9 @@ func (r *Result) Summary(dryRun bool) string {
 // that is still alive.
 var ErrAlive = errors.New("is still alive")
 
-// Plan finds the roots and the garbage of s. It takes gc.lock
+// Plan finds the roots and the garbage of s. Unless opts.DryRun, it
+// first deletes db/reserved, as a deleting collection of Nix does. It
+// takes gc.lock
 // exclusively (waiting for running collections and for processes in the
 // middle of writing a temp root), starts the gc-socket server, then reads
 // the temp roots, the database and the permanent and runtime roots. The
@@ -147,6 +150,14 @@ func Plan(ctx context.Context, s *localstore.Store, opts *Options) (c *Collectio
 		}
 	}()
 	stateDir := s.StateDir()
+	if !c.opts.DryRun {
+		// A collection that deletes frees db/reserved first, before it
+		// even waits for the lock, so that SQLite has room on a full
+		// disk (gc.cc collectGarbage). Opening a store recreates it.
+		if err := db.Unreserve(filepath.Join(stateDir, "db")); err != nil {
+			return nil, fmt.Errorf("plan garbage collection: %w", err)
+		}
+	}
 	c.gcLock, err = lock.OpenLockFile(lock.GCLockPath(stateDir))
 	if err != nil {
 		return nil, fmt.Errorf("plan garbage collection: %w", err)

@@ -9,7 +9,9 @@ import (
 	"os"
 	"sort"
 
+	"ferry/internal/build"
 	"ferry/internal/localstore"
+	"ferry/internal/settings"
 	"ferry/nix/hash"
 	"ferry/nix/storepath"
 	"ferry/store"
@@ -423,7 +425,7 @@ func cmdStoreDump(ctx context.Context, e *Env, args []string) error {
 func cmdStoreVerify(ctx context.Context, e *Env, args []string) error {
 	fs := newFlags(e, "store verify")
 	check := fs.Bool("check-contents", false, "also hash every path and compare with the database")
-	repair := fs.Bool("repair", false, "repair what can be repaired")
+	repair := fs.Bool("repair", false, "rebuild the derivers of missing or modified paths and replace them in place")
 	ops, err := parseFlags(fs, args)
 	if err != nil {
 		return err
@@ -431,17 +433,42 @@ func cmdStoreVerify(ctx context.Context, e *Env, args []string) error {
 	if len(ops) != 0 {
 		return usagef("store verify takes no operands")
 	}
-	return withStore(e, func(st *localstore.Store) error {
-		rep, err := st.Verify(ctx, *check, *repair)
-		if err != nil {
+	var s *settings.Settings
+	if *repair {
+		if s, err = settings.Load(nil); err != nil {
 			return err
 		}
-		for _, m := range rep.Messages {
-			fmt.Fprintln(e.Stderr, m)
-		}
-		if !rep.OK() {
-			return fmt.Errorf("store verify: %d missing, %d modified paths", len(rep.Missing), len(rep.Modified))
-		}
-		return nil
+	}
+	return withStore(e, func(st *localstore.Store) error {
+		return runStoreVerify(ctx, e, st, *check, s)
 	})
+}
+
+// runStoreVerify checks st like nix-store --verify; with repair settings
+// (non-nil s) a damaged path is repaired by rebuilding its deriver
+// (build.RepairPath), builder logs going to standard error. It fails when
+// something is still wrong afterwards.
+func runStoreVerify(ctx context.Context, e *Env, st *localstore.Store, checkContents bool, s *settings.Settings) error {
+	opts := &localstore.VerifyOptions{CheckContents: checkContents}
+	if s != nil {
+		bopts := &build.Options{Settings: s, Log: e.Stderr}
+		opts.Repair = func(ctx context.Context, p storepath.Path) error {
+			return build.RepairPath(ctx, st, p, bopts)
+		}
+	}
+	rep, err := st.VerifyWith(ctx, opts)
+	if err != nil {
+		return err
+	}
+	for _, m := range rep.Messages {
+		fmt.Fprintln(e.Stderr, m)
+	}
+	if !rep.OK() {
+		if s != nil {
+			bad := len(rep.Missing) + len(rep.Modified) - len(rep.Invalidated) - len(rep.Repaired)
+			return fmt.Errorf("store verify: %d damaged paths could not be repaired", bad)
+		}
+		return fmt.Errorf("store verify: %d missing, %d modified paths", len(rep.Missing), len(rep.Modified))
+	}
+	return nil
 }

@@ -40,6 +40,12 @@ type Options struct {
 	// Getenv reads the caller's environment for a fixed-output
 	// derivation's impureEnvVars. Nil means os.Getenv.
 	Getenv func(string) string
+	// AutoGC, if not nil, is called when a build starts and then every
+	// second until it ends, so that a garbage collection can free disk
+	// space while builds fill it (Nix's autoGC in the worker loop; see
+	// gc.AutoCollector.Check). It must return quickly and be safe for
+	// concurrent use. Nil means no automatic collection.
+	AutoGC func(context.Context)
 }
 
 // WithBuildSettings returns a copy of s with the limits a client sent
@@ -76,6 +82,7 @@ func Build(ctx context.Context, st *localstore.Store, drvPath storepath.Path, d 
 	if opts == nil {
 		opts = &Options{}
 	}
+	defer startAutoGC(ctx, opts.AutoGC)()
 	b := &builder{st: st, drvPath: drvPath, drv: d, opts: opts, s: opts.Settings}
 	if b.s == nil {
 		b.s = settings.Default()
@@ -142,6 +149,13 @@ func (b *builder) run(ctx context.Context, res *store.BuildResult) (store.BuildS
 	if !b.s.CanBuild(d.Platform, d.Builder, features) {
 		return store.InputRejected, fmt.Sprintf("a '%s' with features {%s} is required to build '%s', but I am a '%s' with features {%s}",
 			d.Platform, strings.Join(features, ", "), b.drvPath, b.s.System, strings.Join(b.s.SystemFeatures, ", ")), nil
+	}
+
+	// The derivation's hash part protects <drv>.chroot from a concurrent
+	// GC (an automatic one included), as Nix's DerivationGoal does for
+	// in-memory derivations and .drv files alike.
+	if err := st.AddTempRoot(ctx, b.drvPath); err != nil {
+		return 0, "", err
 	}
 
 	// Inputs: temp roots first, then validity (a GC can't slip between).

@@ -91,7 +91,9 @@ func RepairPath(ctx context.Context, st *localstore.Store, p storepath.Path, opt
 // locks are held from before the validity check until the database has
 // the outputs' new NAR hashes and sizes (Nix's registerValidPaths, which
 // updates the rows of valid paths: a non-deterministic build changes
-// them). Unlike Nix in a sandbox, the builder sees the scratch path as $out
+// them). Repair is safe for concurrent use: a second repair of the same
+// derivation waits for the locks, then finds the outputs good
+// (AlreadyValid). Unlike Nix in a sandbox, the builder sees the scratch path as $out
 // in a sandbox too; for a builder that only writes $out's name into files
 // the result is the same.
 func Repair(ctx context.Context, st *localstore.Store, drvPath storepath.Path, d *derivation.Derivation, opts *Options) (*store.BuildResult, error) {
@@ -145,7 +147,6 @@ func (b *builder) repair(ctx context.Context, res *store.BuildResult) (store.Bui
 
 	outs := d.OutputPaths()
 	var ros []*repairOutput
-	var finals []storepath.Path
 	var realFinals []string
 	for _, name := range d.OutputNames() {
 		ro := &repairOutput{name: name, final: outs[name], tmp: repairTempName(st)}
@@ -158,10 +159,8 @@ func (b *builder) repair(ctx context.Context, res *store.BuildResult) (store.Bui
 			}
 		}
 		ros = append(ros, ro)
-		finals = append(finals, ro.final)
 		realFinals = append(realFinals, st.RealPath(ro.final))
 	}
-	storepath.Sort(finals)
 	locks, err := lock.LockPaths(ctx, realFinals, true)
 	if err != nil {
 		return 0, "", fmt.Errorf("lock outputs of '%s': %w", b.drvPath, err)

@@ -100,6 +100,7 @@ func Repair(ctx context.Context, st *localstore.Store, drvPath storepath.Path, d
 	if opts == nil {
 		opts = &Options{}
 	}
+	defer startAutoGC(ctx, opts.AutoGC)()
 	b := &builder{st: st, drvPath: drvPath, drv: d, opts: opts, s: opts.Settings}
 	if b.s == nil {
 		b.s = settings.Default()
@@ -132,6 +133,10 @@ func (b *builder) repair(ctx context.Context, res *store.BuildResult) (store.Bui
 	st, d := b.st, b.drv
 	if status, msg := b.buildable(); msg != "" {
 		return status, msg, nil
+	}
+	// As in Build: the derivation's temp root keeps a GC off its .chroot.
+	if err := st.AddTempRoot(ctx, b.drvPath); err != nil {
+		return 0, "", err
 	}
 	inputs, missing, err := b.inputPaths(ctx)
 	if err != nil {

@@ -40,8 +40,8 @@ type Options struct {
 	// Getenv reads the caller's environment for a fixed-output
 	// derivation's impureEnvVars. Nil means os.Getenv.
 	Getenv func(string) string
-	// AutoGC, if not nil, is called when a build starts and then every
-	// second until it ends, so that a garbage collection can free disk
+	// AutoGC, if not nil, is called when the builder starts and then
+	// every second until it exits, so that a garbage collection can free disk
 	// space while builds fill it (Nix's autoGC in the worker loop; see
 	// gc.AutoCollector.Check). It must return quickly and be safe for
 	// concurrent use. Nil means no automatic collection.
@@ -82,7 +82,6 @@ func Build(ctx context.Context, st *localstore.Store, drvPath storepath.Path, d 
 	if opts == nil {
 		opts = &Options{}
 	}
-	defer startAutoGC(ctx, opts.AutoGC)()
 	b := &builder{st: st, drvPath: drvPath, drv: d, opts: opts, s: opts.Settings}
 	if b.s == nil {
 		b.s = settings.Default()
@@ -206,7 +205,11 @@ func (b *builder) run(ctx context.Context, res *store.BuildResult) (store.BuildS
 		}
 	}
 
+	// Automatic GC while the builder runs, once everything the build
+	// needs is a temp root.
+	stopAutoGC := startAutoGC(ctx, b.opts.AutoGC)
 	status, msg, infos, err := b.runBuilder(ctx, outs, closure)
+	stopAutoGC()
 	if b.ran {
 		res.TimesBuilt = 1
 	}

@@ -166,6 +166,13 @@ func (g *graph) load(ctx context.Context, st *localstore.Store, roots []storepat
 		if _, ok := g.drvs[p]; ok {
 			continue
 		}
+		// Temp roots before reading and checking, as Nix's
+		// DerivationGoal does, so that a GC (an automatic one during an
+		// earlier build included) keeps the .drv, its inputs and valid
+		// outputs until the graph is done.
+		if err := st.AddTempRoot(ctx, p); err != nil {
+			return err
+		}
 		d, err := st.ReadDerivation(ctx, p)
 		if err != nil {
 			return fmt.Errorf("read derivation '%s': %w", p, err)
@@ -175,6 +182,9 @@ func (g *graph) load(ctx context.Context, st *localstore.Store, roots []storepat
 		if len(outs) == len(d.Outputs) && len(outs) > 0 {
 			paths := make([]storepath.Path, 0, len(outs))
 			for _, o := range outs {
+				if err := st.AddTempRoot(ctx, o); err != nil {
+					return err
+				}
 				paths = append(paths, o)
 			}
 			valid, err := st.QueryValidPaths(ctx, paths)

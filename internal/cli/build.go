@@ -70,7 +70,7 @@ func cmdBuild(ctx context.Context, e *Env, args []string) error {
 	if err := applyBuildFlags(fs, &f, s); err != nil {
 		return err
 	}
-	return withStore(e, func(st *localstore.Store) error {
+	return withConfiguredStore(e, s, func(st *localstore.Store) error {
 		return runBuild(ctx, e, st, ops, s, f.json)
 	})
 }
@@ -126,7 +126,13 @@ func runBuild(ctx context.Context, e *Env, st *localstore.Store, ops []string, s
 			return usagef("'%s' is not a derivation (.drv) path", p)
 		}
 	}
-	results, err := build.BuildGraph(ctx, st, roots, s.MaxJobs, &build.Options{Settings: s, Log: e.Stderr})
+	opts := &build.Options{Settings: s, Log: e.Stderr}
+	if auto := autoCollector(e, st, s); auto != nil {
+		opts.AutoGC = auto.Check
+		// The store closes after this: let a running collection end.
+		defer auto.Wait()
+	}
+	results, err := build.BuildGraph(ctx, st, roots, s.MaxJobs, opts)
 	if err != nil {
 		return err
 	}

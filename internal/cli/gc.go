@@ -2,14 +2,17 @@ package cli
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
 
 	"ferry/internal/gc"
 	"ferry/internal/localstore"
+	"ferry/internal/settings"
 )
 
 func init() {
@@ -25,6 +28,9 @@ type gcArgs struct {
 	maxFreed                     uint64 // 0: no limit
 	freeNothing                  bool   // --max-freed 0: Nix deletes nothing
 	paths                        []string
+	// conf supplies keep-outputs, keep-derivations and
+	// gc-reserved-space; nil means Nix's defaults.
+	conf *settings.Settings
 }
 
 func cmdGC(ctx context.Context, e *Env, args []string) error {
@@ -34,7 +40,7 @@ func cmdGC(ctx context.Context, e *Env, args []string) error {
 	fs.BoolVar(&a.dryRun, "dry-run", false, "show how much would be freed, delete nothing")
 	fs.BoolVar(&a.printDead, "print-dead", false, "print the paths that would be deleted, delete nothing")
 	fs.BoolVar(&a.printLive, "print-live", false, "print the paths that are kept, delete nothing")
-	fs.BoolVar(&a.keepOutputs, "keep-outputs", false, "keep the outputs of live derivations")
+	fs.BoolVar(&a.keepOutputs, "keep-outputs", false, "keep the outputs of live derivations (default: nix.conf keep-outputs)")
 	fs.StringVar(&maxFreed, "max-freed", "", "stop after freeing more than `BYTES` (suffixes K, M, G, T)")
 	ops, err := parseFlags(fs, args)
 	if err != nil {
@@ -43,6 +49,14 @@ func cmdGC(ctx context.Context, e *Env, args []string) error {
 	if len(ops) > 0 {
 		return usagef("gc takes no operands")
 	}
+	if a.conf, err = settings.Load(nil); err != nil {
+		return err
+	}
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "keep-outputs" {
+			a.conf.KeepOutputs = a.keepOutputs
+		}
+	})
 	if a.printDead && a.printLive {
 		return usagef("--print-dead and --print-live exclude each other")
 	}
@@ -64,7 +78,11 @@ func cmdStoreDelete(ctx context.Context, e *Env, args []string) error {
 	if len(ops) == 0 {
 		return usagef("store delete needs at least one PATH")
 	}
-	return runGC(ctx, e, &gcArgs{paths: ops})
+	conf, err := settings.Load(nil)
+	if err != nil {
+		return err
+	}
+	return runGC(ctx, e, &gcArgs{paths: ops, conf: conf})
 }
 
 // parseBytes reads a byte count with an optional binary suffix, as Nix's
@@ -97,17 +115,23 @@ func parseBytes(s string) (uint64, error) {
 }
 
 func runGC(ctx context.Context, e *Env, a *gcArgs) error {
-	return withStore(e, func(st *localstore.Store) error {
+	conf := a.conf
+	if conf == nil {
+		conf = settings.Default()
+		conf.KeepOutputs = a.keepOutputs
+	}
+	return withConfiguredStore(e, conf, func(st *localstore.Store) error {
 		paths, err := parsePaths(st, a.paths)
 		if err != nil {
 			return err
 		}
 		opts := &gc.Options{
-			DryRun:      a.dryRun || a.printDead || a.printLive,
-			MaxFreed:    a.maxFreed,
-			KeepOutputs: a.keepOutputs,
-			Paths:       paths,
-			Log:         e.Stderr,
+			DryRun:             a.dryRun || a.printDead || a.printLive,
+			MaxFreed:           a.maxFreed,
+			KeepOutputs:        conf.KeepOutputs,
+			DiscardDerivations: !conf.KeepDerivations,
+			Paths:              paths,
+			Log:                e.Stderr,
 		}
 		c, err := gc.Plan(ctx, st, opts)
 		if err != nil {
@@ -173,4 +197,61 @@ func cmdStoreAddRoot(ctx context.Context, e *Env, args []string) error {
 		_, err = fmt.Fprintln(e.Stdout, link)
 		return err
 	})
+}
+
+// withConfiguredStore is withStore with the store options nix.conf sets
+// (gc-reserved-space).
+func withConfiguredStore(e *Env, conf *settings.Settings, f func(*localstore.Store) error) error {
+	root, why := localstore.Select(e.Store)
+	if root == "" {
+		return fmt.Errorf("open store: %s", why)
+	}
+	if e.Verbose {
+		fmt.Fprintf(e.Stderr, "using store %s (%s)\n", root, why)
+	}
+	opts := &localstore.Options{ReservedSize: conf.ReservedSize}
+	if conf.ReservedSize <= 0 {
+		opts.ReservedSize = -1 // Nix's 0: an empty file
+	}
+	st, err := localstore.Open(root, opts)
+	if err != nil {
+		return err
+	}
+	err = f(st)
+	if cerr := st.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// autoCollector is the automatic collector nix.conf's min-free and
+// max-free ask for, or nil when min-free is 0. Like Nix it honours
+// _NIX_TEST_FREE_SPACE_FILE, a file holding the free space to assume, so
+// that tests need no full disk.
+func autoCollector(e *Env, st *localstore.Store, conf *settings.Settings) *gc.AutoCollector {
+	if conf.MinFree == 0 {
+		return nil
+	}
+	opts := &gc.AutoOptions{
+		MinFree:            conf.MinFree,
+		MaxFree:            conf.MaxFree,
+		CheckInterval:      conf.MinFreeCheckInterval,
+		KeepOutputs:        conf.KeepOutputs,
+		DiscardDerivations: !conf.KeepDerivations,
+		Log:                e.Stderr,
+	}
+	if fake := os.Getenv("_NIX_TEST_FREE_SPACE_FILE"); fake != "" {
+		opts.FreeSpace = func() (uint64, error) {
+			b, err := os.ReadFile(fake)
+			if err != nil {
+				return 0, err
+			}
+			n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("read %s: %w", fake, err)
+			}
+			return n, nil
+		}
+	}
+	return gc.NewAuto(st, opts)
 }

@@ -453,25 +453,36 @@ func (s *Store) restoreTemp(ctx context.Context, r io.Reader, extra io.Writer) (
 // so must the content address when info.CA is set. Then it is
 // canonicalised, synced, moved into place and registered with its
 // references, which must be valid already (or be the path itself).
+// A Batch adds many paths with one sync and one transaction.
 func (s *Store) AddToStoreNar(ctx context.Context, info *store.PathInfo, r io.Reader) error {
-	if err := s.checkDir(info.Path); err != nil {
+	p, err := s.prepareNar(ctx, info, r, !s.opts.NoSync)
+	if err != nil || p == nil {
 		return err
+	}
+	if err := s.installBatch(ctx, []*pending{p}); err != nil {
+		return fmt.Errorf("add %s: %w", info.Path, err)
+	}
+	return nil
+}
+
+// prepareNar is AddToStoreNar up to installing: it returns the object
+// restored, verified and canonicalised (and fsynced, with sync) at a
+// temporary name, or nil if info.Path is valid already, in which case
+// the NAR is read to its end and checked for structure only.
+func (s *Store) prepareNar(ctx context.Context, info *store.PathInfo, r io.Reader, sync bool) (*pending, error) {
+	if err := s.checkDir(info.Path); err != nil {
+		return nil, err
 	}
 	if info.NarHash.Algorithm() != hash.SHA256 {
-		return fmt.Errorf("add %s: a sha256 NAR hash is required", info.Path)
+		return nil, fmt.Errorf("add %s: a sha256 NAR hash is required", info.Path)
 	}
 	if err := s.temps.Add(ctx, string(info.Path)); err != nil {
-		return err
+		return nil, err
 	}
 	if ok, err := s.IsValidPath(ctx, info.Path); err != nil {
-		return err
+		return nil, err
 	} else if ok {
-		// Consume the NAR, checking its structure, so a protocol stream
-		// stays in step.
-		if err := nar.List(io.Discard, r, nil); err != nil {
-			return fmt.Errorf("add %s: %w", info.Path, err)
-		}
-		return nil
+		return nil, s.skipNar(info.Path, r)
 	}
 	var caHasher gohash.Hash
 	if info.CA.Method == storepath.Recursive && !info.CA.IsZero() && info.CA.Hash.Algorithm() != hash.SHA256 {
@@ -483,11 +494,11 @@ func (s *Store) AddToStoreNar(ctx context.Context, info *store.PathInfo, r io.Re
 	}
 	tmp, narHash, narSize, err := s.restoreTemp(ctx, r, extra)
 	if err != nil {
-		return fmt.Errorf("add %s: %w", info.Path, err)
+		return nil, fmt.Errorf("add %s: %w", info.Path, err)
 	}
-	fail := func(err error) error {
+	fail := func(err error) (*pending, error) {
 		deletePath(tmp)
-		return fmt.Errorf("add %s: %w", info.Path, err)
+		return nil, fmt.Errorf("add %s: %w", info.Path, err)
 	}
 	if !narHash.Equal(info.NarHash) {
 		return fail(fmt.Errorf("hash mismatch importing path: specified %s, got %s",
@@ -501,15 +512,21 @@ func (s *Store) AddToStoreNar(ctx context.Context, info *store.PathInfo, r io.Re
 			return fail(err)
 		}
 	}
-	if err := canonicalise(tmp, !s.opts.NoSync); err != nil {
+	if err := canonicalise(tmp, sync); err != nil {
 		return fail(err)
 	}
 	in := *info
 	in.NarSize = narSize
 	in.References = append([]storepath.Path(nil), info.References...)
 	storepath.Sort(in.References)
-	if err := s.installBatch(ctx, []*pending{{info: &in, tmp: tmp}}); err != nil {
-		return fmt.Errorf("add %s: %w", info.Path, err)
+	return &pending{info: &in, tmp: tmp}, nil
+}
+
+// skipNar reads the NAR of a path that needs no adding, checking its
+// structure, so that a protocol stream stays in step.
+func (s *Store) skipNar(p storepath.Path, r io.Reader) error {
+	if err := nar.List(io.Discard, r, nil); err != nil {
+		return fmt.Errorf("add %s: %w", p, err)
 	}
 	return nil
 }

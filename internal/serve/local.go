@@ -6,6 +6,7 @@ import (
 
 	"ferry/internal/localstore"
 	"ferry/nix/storepath"
+	"ferry/store"
 )
 
 // Importer is an optional Backend capability: a store that imports a whole
@@ -15,6 +16,24 @@ import (
 // buffers can use it directly.
 type Importer interface {
 	Import(ctx context.Context, r io.Reader) ([]storepath.Path, error)
+}
+
+// Batcher is an optional Backend capability: a store that can stage many
+// verified paths and commit them at once (localstore.Batch). The Server
+// uses it for the AddToStoreNar commands of a copy (see addToStoreNar).
+type Batcher interface {
+	NewBatch() Batch
+}
+
+// Batch stages paths added from their NARs until Commit makes them all
+// valid; Discard drops them. Add has AddToStoreNar's checks, with paths
+// staged earlier counting as valid references.
+type Batch interface {
+	Add(ctx context.Context, info *store.PathInfo, r io.Reader) error
+	Commit(ctx context.Context) error
+	Discard()
+	Len() int
+	Bytes() uint64
 }
 
 // NewLocalBackend returns a Backend over the local store st: closures come
@@ -33,6 +52,9 @@ type localBackend struct {
 	storeBackend
 	st *localstore.Store
 }
+
+// NewBatch makes the local backend a Batcher.
+func (l *localBackend) NewBatch() Batch { return l.st.NewBatch() }
 
 func (l *localBackend) QueryClosure(ctx context.Context, paths []storepath.Path, includeOutputs bool) ([]storepath.Path, error) {
 	return l.st.QueryClosure(ctx, paths, includeOutputs)

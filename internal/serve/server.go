@@ -112,6 +112,11 @@ type session struct {
 	// watch, if non-nil, is a goroutine peeking at the input for a
 	// disconnect during a build; nothing else may read br until it is done.
 	watch *inputWatch
+	// batch holds the paths of a copy that were acknowledged but are not
+	// yet committed (see addToStoreNar); expected are the paths the last
+	// QueryValidPaths reported missing and that have not arrived yet.
+	batch    Batch
+	expected map[storepath.Path]bool
 }
 
 type inputWatch struct {
@@ -135,7 +140,13 @@ func (s *Server) Serve(ctx context.Context, r io.Reader, w io.Writer) error {
 		w:   wire.NewWriterSize(w, 64<<10),
 		dir: s.b.Dir(),
 	}
-	return nixError(ss.run())
+	err := ss.run()
+	// Paths acknowledged to the client are committed however the session
+	// ends: the client was told they were added.
+	if cerr := ss.commit(); err == nil {
+		err = cerr
+	}
+	return nixError(err)
 }
 
 func (ss *session) run() error {
@@ -176,6 +187,12 @@ func (ss *session) run() error {
 }
 
 func (ss *session) handle(cmd Command) error {
+	if cmd != CmdAddToStoreNar {
+		// Whatever the command, it sees the copy so far committed.
+		if err := ss.commit(); err != nil {
+			return err
+		}
+	}
 	switch cmd {
 	case CmdQueryValidPaths:
 		return ss.queryValidPaths()
@@ -220,6 +237,9 @@ func (ss *session) queryValidPaths() error {
 	valid, err := ss.s.b.QueryValidPaths(ss.ctx, q.Paths)
 	if err != nil {
 		return err
+	}
+	if ss.s.opts.Write {
+		ss.expect(q.Paths, valid)
 	}
 	return WritePathSet(ss.w, valid)
 }
@@ -563,6 +583,20 @@ func (ss *session) watchDisconnect() (ctx context.Context, stop func()) {
 // requires the references to be valid before registering; whatever the
 // store did not read is drained, as Nix does. The path gets a temp root, as
 // LocalStore::addToStore gives it. Reply 1.
+//
+// Nix's clients send a copy as one AddToStoreNar per path, each waiting for
+// its reply, after a QueryValidPaths of all the paths. Making every path
+// durable before its reply costs a file system sync per path, which is
+// most of the time of a small path. So with a Backend that can batch, a path
+// that the last QueryValidPaths reported missing is verified and staged,
+// and acknowledged at once; the batch is committed (one sync, one
+// transaction) before the reply to the last such path, before any other
+// command, when it grows past BatchPaths or BatchBytes, and when the
+// session ends in any way. The client therefore sees its copy succeed
+// only once all of it is durable and valid; if the server dies before, the
+// client gets an error, and what was staged is left as temporaries for
+// the next write or GC to remove. Any other path is committed before its
+// reply.
 func (ss *session) addToStoreNar() error {
 	if !ss.s.opts.Write {
 		return errors.New("importing paths is not allowed")
@@ -575,7 +609,19 @@ func (ss *session) addToStoreNar() error {
 		return err
 	}
 	nar := &io.LimitedReader{R: ss.br, N: int64(min(info.NarSize, 1<<62))}
-	if err := ss.s.b.AddToStoreNar(ss.ctx, info, nar); err != nil {
+	batcher, _ := ss.s.b.(Batcher)
+	if batcher != nil && ss.expected[info.Path] {
+		if ss.batch == nil {
+			ss.batch = batcher.NewBatch()
+		}
+		err = ss.batch.Add(ss.ctx, info, nar)
+		delete(ss.expected, info.Path)
+	} else {
+		if err = ss.commit(); err == nil {
+			err = ss.s.b.AddToStoreNar(ss.ctx, info, nar)
+		}
+	}
+	if err != nil {
 		return err
 	}
 	if _, err := io.Copy(io.Discard, nar); err != nil {
@@ -584,7 +630,39 @@ func (ss *session) addToStoreNar() error {
 	if nar.N > 0 {
 		return fmt.Errorf("read nar of %s: %w", info.Path, io.ErrUnexpectedEOF)
 	}
+	if ss.batch != nil && (len(ss.expected) == 0 || ss.batch.Len() >= BatchPaths || ss.batch.Bytes() >= BatchBytes) {
+		if err := ss.commit(); err != nil {
+			return err
+		}
+	}
 	return ss.w.WriteUint64(1)
+}
+
+// BatchPaths and BatchBytes bound how much of a copy is acknowledged
+// before it is committed (addToStoreNar).
+const (
+	BatchPaths = 4096
+	BatchBytes = 1 << 30
+)
+
+// expect records the paths of a QueryValidPaths reply that a copy will
+// send next: those asked for and not valid.
+func (ss *session) expect(asked, valid []storepath.Path) {
+	ss.expected = map[storepath.Path]bool{}
+	for _, p := range asked {
+		ss.expected[p] = true
+	}
+	for _, p := range valid {
+		delete(ss.expected, p)
+	}
+}
+
+// commit commits the staged part of a copy, if any.
+func (ss *session) commit() error {
+	if ss.batch == nil || ss.batch.Len() == 0 {
+		return nil
+	}
+	return ss.batch.Commit(ss.ctx)
 }
 
 // spool holds a NAR in memory up to MemSpool bytes, then in a temp file.

@@ -18,6 +18,11 @@
 # that measures the servers without ssh's encryption.
 #
 # Each run copies into a fresh empty store; the best of RUNS is reported.
+# The two servers take turns (nix first in odd rounds, ferry first in even
+# ones), and no store is deleted before the end: on ext4 without a journal
+# (as on some VMs), creating files within a minute or more of deleting
+# many is much slower, which would penalise whichever side runs second.
+# BENCH_DIR puts everything on a chosen file system (default $TMPDIR).
 # Uses a private HOME and NIX_CONFIG and chroot stores under a temporary
 # directory, never the machine's /nix. Needs nix, nix-store, go, and for
 # sshd: sshd, ssh, ssh-keygen.
@@ -29,7 +34,7 @@ RUNS=${RUNS:-3}
 TRANSPORT=${TRANSPORT:-sshd}
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/ferry-bench-serve.XXXXXX")
+tmp=$(mktemp -d "${BENCH_DIR:-${TMPDIR:-/tmp}}/ferry-bench-serve.XXXXXX")
 sshd_pid=
 cleanup() {
 	[[ -n $sshd_pid ]] && kill "$sshd_pid" 2>/dev/null
@@ -106,12 +111,11 @@ now() { date +%s.%N; }
 
 # copy_time PROG PATHS...: copy PATHS from src into a fresh store served by
 # PROG; print the wall time. The store must verify afterwards.
-run=0
 copy_time() {
 	local prog=$1
 	shift
-	run=$((run + 1))
-	local dst="$tmp/dst$run"
+	local dst
+	dst=$(mktemp -d "$tmp/dst.XXXXXX") # a subshell: no counter survives
 	local t0 t1
 	t0=$(now)
 	if ! nix copy --no-check-sigs --from "$src" --to "ssh://$host?remote-program=$prog&remote-store=$dst" "$@" 2>"$tmp/copy.log"; then
@@ -125,19 +129,27 @@ copy_time() {
 		echo "store $dst does not verify: $out" >&2
 		exit 1
 	fi
-	chmod -R u+w "$dst"
-	rm -rf "$dst"
 	echo "$t1 - $t0" | bc -l
 }
 
-# best PROG PATHS...: the best of RUNS copy_time runs.
-best() {
-	local b="" t
+# pair NAME PATHS...: RUNS rounds of both servers copying PATHS, taking
+# turns to go first; sets nix_NAME and ferry_NAME to the best times.
+pair() {
+	local name=$1 bn="" bf="" tn tf
+	shift
 	for ((r = 0; r < RUNS; r++)); do
-		t=$(copy_time "$@")
-		if [[ -z $b ]] || (($(echo "$t < $b" | bc -l))); then b=$t; fi
+		if ((r % 2 == 0)); then
+			tn=$(copy_time nix-store "$@")
+			tf=$(copy_time "$tmp/ferry" "$@")
+		else
+			tf=$(copy_time "$tmp/ferry" "$@")
+			tn=$(copy_time nix-store "$@")
+		fi
+		if [[ -z $bn ]] || (($(echo "$tn < $bn" | bc -l))); then bn=$tn; fi
+		if [[ -z $bf ]] || (($(echo "$tf < $bf" | bc -l))); then bf=$tf; fi
 	done
-	echo "$b"
+	printf -v "nix_$name" '%s' "$bn"
+	printf -v "ferry_$name" '%s' "$bf"
 }
 
 report() {
@@ -151,10 +163,8 @@ echo "copying (best of $RUNS, transport $TRANSPORT)..." >&2
 copy_time nix-store $(echo "$small" | head -1) >/dev/null
 copy_time "$tmp/ferry" $(echo "$small" | head -1) >/dev/null
 
-nix_small=$(best nix-store $small)
-ferry_small=$(best "$tmp/ferry" $small)
-nix_big=$(best nix-store "$big")
-ferry_big=$(best "$tmp/ferry" "$big")
+pair small $small
+pair big "$big"
 
 echo "nix copy --to ssh:// ($TRANSPORT), $(nix --version), $(nproc) CPUs"
 report "$N small paths" "$nix_small" "$ferry_small"

@@ -455,7 +455,7 @@ func (s *Store) restoreTemp(ctx context.Context, r io.Reader, extra io.Writer) (
 // references, which must be valid already (or be the path itself).
 // A Batch adds many paths with one sync and one transaction.
 func (s *Store) AddToStoreNar(ctx context.Context, info *store.PathInfo, r io.Reader) error {
-	p, err := s.prepareNar(ctx, info, r, !s.opts.NoSync)
+	p, err := s.prepareNar(ctx, info, r, !s.opts.NoSync, true)
 	if err != nil || p == nil {
 		return err
 	}
@@ -467,9 +467,9 @@ func (s *Store) AddToStoreNar(ctx context.Context, info *store.PathInfo, r io.Re
 
 // prepareNar is AddToStoreNar up to installing: it returns the object
 // restored, verified and canonicalised (and fsynced, with sync) at a
-// temporary name, or nil if info.Path is valid already, in which case
-// the NAR is read to its end and checked for structure only.
-func (s *Store) prepareNar(ctx context.Context, info *store.PathInfo, r io.Reader, sync bool) (*pending, error) {
+// temporary name, or, with checkValid, nil if info.Path is valid already,
+// in which case the NAR is read to its end and checked for structure only.
+func (s *Store) prepareNar(ctx context.Context, info *store.PathInfo, r io.Reader, sync, checkValid bool) (*pending, error) {
 	if err := s.checkDir(info.Path); err != nil {
 		return nil, err
 	}
@@ -479,10 +479,12 @@ func (s *Store) prepareNar(ctx context.Context, info *store.PathInfo, r io.Reade
 	if err := s.temps.Add(ctx, string(info.Path)); err != nil {
 		return nil, err
 	}
-	if ok, err := s.IsValidPath(ctx, info.Path); err != nil {
-		return nil, err
-	} else if ok {
-		return nil, s.skipNar(info.Path, r)
+	if checkValid {
+		if ok, err := s.IsValidPath(ctx, info.Path); err != nil {
+			return nil, err
+		} else if ok {
+			return nil, s.skipNar(info.Path, r)
+		}
 	}
 	var caHasher gohash.Hash
 	if info.CA.Method == storepath.Recursive && !info.CA.IsZero() && info.CA.Hash.Algorithm() != hash.SHA256 {

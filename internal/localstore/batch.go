@@ -31,12 +31,15 @@ type Batch struct {
 	s     *Store
 	pend  map[storepath.Path]*pending
 	order []storepath.Path
+	// valid are references found valid (and temp-rooted, so they stay
+	// valid) by earlier Adds.
+	valid map[storepath.Path]bool
 	bytes uint64
 }
 
 // NewBatch starts an empty batch.
 func (s *Store) NewBatch() *Batch {
-	return &Batch{s: s, pend: map[storepath.Path]*pending{}}
+	return &Batch{s: s, pend: map[storepath.Path]*pending{}, valid: map[storepath.Path]bool{}}
 }
 
 // Len is the number of objects waiting to be committed.
@@ -51,8 +54,10 @@ func (b *Batch) Has(p storepath.Path) bool { return b.pend[p] != nil }
 // Add verifies info's NAR from r and stages the object. Every reference
 // must be the path itself, staged earlier in the batch, or valid (it gets
 // a temp root first); otherwise, and for a NAR that does not match info,
-// Add fails and stages nothing. A path that is valid or staged already is
-// skipped (its NAR is still read).
+// Add fails and stages nothing. A path staged already is skipped (its NAR
+// is still read). Add does not ask whether info.Path is valid, as callers
+// stage paths they just found missing; Commit drops any that another
+// process has made valid meanwhile.
 func (b *Batch) Add(ctx context.Context, info *store.PathInfo, r io.Reader) error {
 	s := b.s
 	if err := s.checkDir(info.Path); err != nil {
@@ -63,7 +68,7 @@ func (b *Batch) Add(ctx context.Context, info *store.PathInfo, r io.Reader) erro
 	}
 	var outside []storepath.Path
 	for _, ref := range info.References {
-		if ref != info.Path && b.pend[ref] == nil {
+		if ref != info.Path && b.pend[ref] == nil && !b.valid[ref] {
 			if err := s.temps.Add(ctx, string(ref)); err != nil {
 				return err
 			}
@@ -74,6 +79,9 @@ func (b *Batch) Add(ctx context.Context, info *store.PathInfo, r io.Reader) erro
 		valid, err := s.QueryValidPaths(ctx, outside)
 		if err != nil {
 			return err
+		}
+		for _, v := range valid {
+			b.valid[v] = true
 		}
 		if len(valid) != len(outside) {
 			ok := map[storepath.Path]bool{}
@@ -87,7 +95,7 @@ func (b *Batch) Add(ctx context.Context, info *store.PathInfo, r io.Reader) erro
 			}
 		}
 	}
-	p, err := s.prepareNar(ctx, info, r, false)
+	p, err := s.prepareNar(ctx, info, r, false, false)
 	if err != nil || p == nil {
 		return err
 	}
@@ -143,6 +151,7 @@ func (b *Batch) Discard() {
 		}
 	}
 	clear(b.pend)
+	clear(b.valid)
 	b.order = b.order[:0]
 	b.bytes = 0
 }

@@ -39,6 +39,9 @@ type TempRoots struct {
 	f      *os.File // temproots/<pid>, flocked exclusive while open
 	gcLock *os.File // gc.lock, cached
 	conn   net.Conn // cached connection to a running GC's socket
+	// added are the paths written to f; adding one again is a no-op
+	// (it is in the file, which any GC reads, or was sent to the GC).
+	added map[string]bool
 }
 
 var (
@@ -128,6 +131,9 @@ func (t *TempRoots) Add(ctx context.Context, p string) error {
 	if err := t.ensureLocked(ctx); err != nil {
 		return err
 	}
+	if t.added[p] {
+		return nil
+	}
 	if t.gcLock == nil {
 		f, err := OpenLockFile(GCLockPath(t.stateDir))
 		if err != nil {
@@ -156,6 +162,10 @@ func (t *TempRoots) Add(ctx context.Context, p string) error {
 		if werr != nil {
 			return fmt.Errorf("add temp root: %w", werr)
 		}
+		if t.added == nil {
+			t.added = map[string]bool{}
+		}
+		t.added[p] = true
 		return nil
 	}
 }
@@ -227,6 +237,7 @@ func (t *TempRoots) Close() error {
 		}
 		t.f.Close()
 		t.f = nil
+		t.added = nil
 	}
 	if t.gcLock != nil {
 		t.gcLock.Close()

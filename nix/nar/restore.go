@@ -31,10 +31,13 @@ func Restore(r io.Reader, dest string) error {
 
 	switch h.Type {
 	case TypeRegular:
-		f, err := os.OpenFile(dest, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o666)
+		// A plain open: os.OpenFile's poller set-up costs five system
+		// calls, noticeable when adding many small paths.
+		fd, err := syscall.Open(dest, syscall.O_WRONLY|syscall.O_CREAT|syscall.O_EXCL|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o666)
 		if err != nil {
-			return fmt.Errorf("nar: restore: %w", err)
+			return fmt.Errorf("nar: restore: %w", &os.PathError{Op: "open", Path: dest, Err: err})
 		}
+		f := os.NewFile(uintptr(fd), dest)
 		if err := writeFile(f, nr, h, buf); err != nil {
 			return fmt.Errorf("nar: restore %s: %w", dest, err)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"sync"
 
 	"ferry/nix/storepath"
 	"ferry/store"
@@ -23,18 +24,28 @@ import (
 // gets a temp root when it is added, so the GC leaves it and the paths it
 // refers to alone while the batch is open.
 //
+// CommitAsync commits what is staged so far in the background while more
+// is added: since every reference of a staged object is valid or staged
+// before it, what was staged up to any moment can be installed on its own.
+//
 // The serve protocol uses a Batch to acknowledge each path of a copy as
-// soon as it is verified and to commit once, before the reply to the last
-// path the client said it would send (internal/serve). A Batch is not safe
-// for concurrent use.
+// soon as it is verified and to commit before the reply to the last path
+// the client said it would send (internal/serve). Add, Commit, CommitAsync
+// and Discard must not be called concurrently with each other.
 type Batch struct {
-	s     *Store
+	s *Store
+
+	mu sync.Mutex // guards the fields below against the background commit
+	// pend are the objects staged and not yet installed, including those
+	// of a commit in flight; order are those not handed to a commit yet.
 	pend  map[storepath.Path]*pending
 	order []storepath.Path
+	bytes uint64 // NAR bytes of order
 	// valid are references found valid (and temp-rooted, so they stay
-	// valid) by earlier Adds.
-	valid map[storepath.Path]bool
-	bytes uint64
+	// valid) by earlier Adds, and the paths committed by the batch.
+	valid    map[storepath.Path]bool
+	inflight chan struct{} // closed when the background commit ends
+	asyncErr error         // the background commit's failure
 }
 
 // NewBatch starts an empty batch.
@@ -42,14 +53,26 @@ func (s *Store) NewBatch() *Batch {
 	return &Batch{s: s, pend: map[storepath.Path]*pending{}, valid: map[storepath.Path]bool{}}
 }
 
-// Len is the number of objects waiting to be committed.
-func (b *Batch) Len() int { return len(b.order) }
+// Len is the number of staged objects not yet handed to a commit.
+func (b *Batch) Len() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.order)
+}
 
-// Bytes is the total NAR size of the objects waiting to be committed.
-func (b *Batch) Bytes() uint64 { return b.bytes }
+// Bytes is the total NAR size of the objects Len counts.
+func (b *Batch) Bytes() uint64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.bytes
+}
 
-// Has reports whether p waits in the batch.
-func (b *Batch) Has(p storepath.Path) bool { return b.pend[p] != nil }
+// Has reports whether p is staged and not yet installed.
+func (b *Batch) Has(p storepath.Path) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.pend[p] != nil
+}
 
 // Add verifies info's NAR from r and stages the object. Every reference
 // must be the path itself, staged earlier in the batch, or valid (it gets
@@ -57,22 +80,32 @@ func (b *Batch) Has(p storepath.Path) bool { return b.pend[p] != nil }
 // Add fails and stages nothing. A path staged already is skipped (its NAR
 // is still read). Add does not ask whether info.Path is valid, as callers
 // stage paths they just found missing; Commit drops any that another
-// process has made valid meanwhile.
+// process has made valid meanwhile. If a background commit failed, Add
+// returns its error.
 func (b *Batch) Add(ctx context.Context, info *store.PathInfo, r io.Reader) error {
 	s := b.s
 	if err := s.checkDir(info.Path); err != nil {
 		return err
 	}
-	if b.pend[info.Path] != nil {
-		return s.skipNar(info.Path, r)
-	}
+	b.mu.Lock()
+	err := b.asyncErr
+	staged := b.pend[info.Path] != nil || b.valid[info.Path]
 	var outside []storepath.Path
 	for _, ref := range info.References {
 		if ref != info.Path && b.pend[ref] == nil && !b.valid[ref] {
-			if err := s.temps.Add(ctx, string(ref)); err != nil {
-				return err
-			}
 			outside = append(outside, ref)
+		}
+	}
+	b.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if staged {
+		return s.skipNar(info.Path, r)
+	}
+	for _, ref := range outside {
+		if err := s.temps.Add(ctx, string(ref)); err != nil {
+			return err
 		}
 	}
 	if len(outside) > 0 {
@@ -80,18 +113,18 @@ func (b *Batch) Add(ctx context.Context, info *store.PathInfo, r io.Reader) erro
 		if err != nil {
 			return err
 		}
+		ok := map[storepath.Path]bool{}
 		for _, v := range valid {
+			ok[v] = true
+		}
+		b.mu.Lock()
+		for v := range ok {
 			b.valid[v] = true
 		}
-		if len(valid) != len(outside) {
-			ok := map[storepath.Path]bool{}
-			for _, v := range valid {
-				ok[v] = true
-			}
-			for _, ref := range outside {
-				if !ok[ref] {
-					return fmt.Errorf("cannot add path '%s' because it references path '%s' which %w", info.Path, ref, store.ErrNotValid)
-				}
+		b.mu.Unlock()
+		for _, ref := range outside {
+			if !ok[ref] {
+				return fmt.Errorf("cannot add path '%s' because it references path '%s' which %w", info.Path, ref, store.ErrNotValid)
 			}
 		}
 	}
@@ -99,23 +132,122 @@ func (b *Batch) Add(ctx context.Context, info *store.PathInfo, r io.Reader) erro
 	if err != nil || p == nil {
 		return err
 	}
+	b.mu.Lock()
 	b.pend[info.Path] = p
 	b.order = append(b.order, info.Path)
 	b.bytes += p.info.NarSize
+	b.mu.Unlock()
 	return nil
 }
 
-// Commit makes every staged object valid: one file system sync, then
-// installation in reference order, 256 paths per transaction. On error
-// the objects not yet installed are discarded; those installed stay valid
-// (each complete, with its references).
+// take hands what is staged and not yet committed to a commit.
+func (b *Batch) take() []*pending {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	items := make([]*pending, len(b.order))
+	for i, p := range b.order {
+		items[i] = b.pend[p]
+	}
+	b.order = nil
+	b.bytes = 0
+	return items
+}
+
+// committed records the end of a commit of items.
+func (b *Batch) committed(items []*pending, err error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, p := range items {
+		delete(b.pend, p.info.Path)
+		if err == nil {
+			b.valid[p.info.Path] = true
+		}
+	}
+	if err != nil && b.asyncErr == nil {
+		b.asyncErr = err
+	}
+}
+
+// wait waits for a background commit and returns the first failure of
+// any.
+func (b *Batch) wait() error {
+	b.mu.Lock()
+	done := b.inflight
+	b.mu.Unlock()
+	if done != nil {
+		<-done
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.inflight = nil
+	return b.asyncErr
+}
+
+// CommitAsync starts committing, in the background, everything staged so
+// far, unless a background commit is still running (then it does nothing;
+// a later call or Commit takes what is left).
+func (b *Batch) CommitAsync(ctx context.Context) {
+	b.mu.Lock()
+	if b.inflight != nil {
+		select {
+		case <-b.inflight:
+			b.inflight = nil
+		default:
+			b.mu.Unlock()
+			return
+		}
+	}
+	idle := len(b.order) == 0 || b.asyncErr != nil
+	b.mu.Unlock()
+	if idle {
+		return
+	}
+	items := b.take()
+	done := make(chan struct{})
+	b.mu.Lock()
+	b.inflight = done
+	b.mu.Unlock()
+	go func() {
+		defer close(done)
+		b.committed(items, b.s.commitPending(ctx, items))
+	}()
+}
+
+// Commit makes every staged object valid: it waits for a background
+// commit, then commits the rest (one file system sync, then installation
+// in reference order, 256 paths per transaction). On error the objects
+// not yet installed are discarded; those installed stay valid (each
+// complete, with its references).
 func (b *Batch) Commit(ctx context.Context) error {
-	if len(b.order) == 0 {
+	if err := b.wait(); err != nil {
+		b.Discard()
+		return err
+	}
+	items := b.take()
+	err := b.s.commitPending(ctx, items)
+	b.committed(items, err)
+	return err
+}
+
+func (s *Store) commitPending(ctx context.Context, items []*pending) error {
+	if len(items) == 0 {
 		return nil
 	}
-	defer b.Discard()
-	s := b.s
-	sorted, err := TopoSort(b.order, func(p storepath.Path) []storepath.Path { return b.pend[p].info.References })
+	defer func() {
+		for _, p := range items {
+			if p.tmp != "" {
+				deletePath(p.tmp)
+				p.tmp = ""
+			}
+		}
+	}()
+	byPath := make(map[storepath.Path]*pending, len(items))
+	paths := make([]storepath.Path, len(items))
+	for i, p := range items {
+		byPath[p.info.Path] = p
+		paths[i] = p.info.Path
+	}
+	sorted, err := TopoSort(paths, func(p storepath.Path) []storepath.Path { return byPath[p].info.References })
 	if err != nil {
 		return fmt.Errorf("commit: %w", err)
 	}
@@ -128,7 +260,7 @@ func (b *Batch) Commit(ctx context.Context) error {
 		n := min(importBatch, len(sorted))
 		chunk := make([]*pending, n)
 		for i, p := range sorted[:n] {
-			chunk[i] = b.pend[p]
+			chunk[i] = byPath[p]
 		}
 		sorted = sorted[n:]
 		err := s.installBatch(ctx, chunk)
@@ -142,16 +274,16 @@ func (b *Batch) Commit(ctx context.Context) error {
 	return nil
 }
 
-// Discard drops what is staged: the temporaries are deleted and nothing
-// is registered.
+// Discard drops what is staged and not committed: the temporaries are
+// deleted and nothing is registered. It waits for a background commit.
 func (b *Batch) Discard() {
-	for _, p := range b.pend {
+	b.wait()
+	for _, p := range b.take() {
 		if p.tmp != "" {
 			deletePath(p.tmp)
 		}
+		b.mu.Lock()
+		delete(b.pend, p.info.Path)
+		b.mu.Unlock()
 	}
-	clear(b.pend)
-	clear(b.valid)
-	b.order = b.order[:0]
-	b.bytes = 0
 }

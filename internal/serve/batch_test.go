@@ -3,6 +3,7 @@ package serve
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -150,4 +151,38 @@ func TestSessionBatchCommitPoints(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// TestSessionBatchAsync copies a chain longer than AsyncPaths, so parts of
+// it are committed in the background while the rest arrives; all of it is
+// valid after the last reply and the store verifies.
+func TestSessionBatchAsync(t *testing.T) {
+	c, st := batchSession(t)
+	n := 2*AsyncPaths + 17
+	paths := make([]storepath.Path, n)
+	for i := range paths {
+		paths[i] = storepath.Path(fmt.Sprintf("/nix/store/%032d-chain-%d", i, i))
+	}
+	mustPaths(t, c.queryValid(paths...), nil)
+	for i, p := range paths {
+		var refs []storepath.Path
+		data := "link " + p.Name()
+		if i > 0 {
+			refs = []storepath.Path{paths[i-1]}
+			data += " " + string(paths[i-1])
+		}
+		if err := c.add(p, data, false, refs...); err != nil {
+			t.Fatalf("add %d: %v", i, err)
+		}
+	}
+	if got := validIn(t, st, paths...); len(got) != n {
+		t.Fatalf("%d of %d paths valid after the last reply", len(got), n)
+	}
+	if err := c.end(); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := st.Verify(context.Background(), true, false)
+	if err != nil || !rep.OK() {
+		t.Fatalf("verify: %+v %v", rep, err)
+	}
 }

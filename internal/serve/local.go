@@ -31,6 +31,9 @@ type Batcher interface {
 type Batch interface {
 	Add(ctx context.Context, info *store.PathInfo, r io.Reader) error
 	Commit(ctx context.Context) error
+	// CommitAsync starts committing what is staged so far in the
+	// background; Commit waits for it.
+	CommitAsync(ctx context.Context)
 	Discard()
 	Len() int
 	Bytes() uint64

@@ -589,10 +589,11 @@ func (ss *session) watchDisconnect() (ctx context.Context, stop func()) {
 // durable before its reply costs a file system sync per path, which is
 // most of the time of a small path. So with a Backend that can batch, a path
 // that the last QueryValidPaths reported missing is verified and staged,
-// and acknowledged at once; the batch is committed (one sync, one
-// transaction) before the reply to the last such path, before any other
-// command, when it grows past BatchPaths or BatchBytes, and when the
-// session ends in any way. The client therefore sees its copy succeed
+// and acknowledged at once. What is staged is committed (one sync, one
+// transaction per 256 paths) in the background whenever AsyncPaths or
+// AsyncBytes of it wait, so the work overlaps the client's round trips, and
+// in full before the reply to the last such path, before any other
+// command, and when the session ends in any way. The client therefore sees its copy succeed
 // only once all of it is durable and valid; if the server dies before, the
 // client gets an error, and what was staged is left as temporaries for
 // the next write or GC to remove. Any other path is committed before its
@@ -630,19 +631,23 @@ func (ss *session) addToStoreNar() error {
 	if nar.N > 0 {
 		return fmt.Errorf("read nar of %s: %w", info.Path, io.ErrUnexpectedEOF)
 	}
-	if ss.batch != nil && (len(ss.expected) == 0 || ss.batch.Len() >= BatchPaths || ss.batch.Bytes() >= BatchBytes) {
-		if err := ss.commit(); err != nil {
-			return err
+	if ss.batch != nil {
+		if len(ss.expected) == 0 {
+			if err := ss.commit(); err != nil {
+				return err
+			}
+		} else if ss.batch.Len() >= AsyncPaths || ss.batch.Bytes() >= AsyncBytes {
+			ss.batch.CommitAsync(ss.ctx)
 		}
 	}
 	return ss.w.WriteUint64(1)
 }
 
-// BatchPaths and BatchBytes bound how much of a copy is acknowledged
-// before it is committed (addToStoreNar).
+// AsyncPaths and AsyncBytes are how much of a copy is staged before it is
+// committed in the background (addToStoreNar).
 const (
-	BatchPaths = 4096
-	BatchBytes = 1 << 30
+	AsyncPaths = 256
+	AsyncBytes = 64 << 20
 )
 
 // expect records the paths of a QueryValidPaths reply that a copy will
@@ -657,9 +662,10 @@ func (ss *session) expect(asked, valid []storepath.Path) {
 	}
 }
 
-// commit commits the staged part of a copy, if any.
+// commit commits the staged part of a copy, if any, waiting for a
+// background commit.
 func (ss *session) commit() error {
-	if ss.batch == nil || ss.batch.Len() == 0 {
+	if ss.batch == nil {
 		return nil
 	}
 	return ss.batch.Commit(ss.ctx)

@@ -45,7 +45,7 @@ func seeded(t *testing.T) *memStore {
 
 // testClient is a client session against a Server running in a goroutine.
 type testClient struct {
-	t       *testing.T
+	t       testing.TB
 	r       *wire.Reader
 	w       *wire.Writer
 	in      *io.PipeWriter // the server's input
@@ -53,7 +53,7 @@ type testClient struct {
 	version uint64
 }
 
-func startSession(t *testing.T, b Backend, opts *Options, version uint64) *testClient {
+func startSession(t testing.TB, b Backend, opts *Options, version uint64) *testClient {
 	t.Helper()
 	inR, inW := io.Pipe()
 	outR, outW := io.Pipe()

@@ -80,7 +80,7 @@ func runDemo(ctx context.Context, e *Env, localRoot, remoteRoot string) ([]demoR
 	clientIn, fromServer := io.Pipe()
 	served := make(chan error, 1)
 	go func() {
-		err := serve.NewServer(serve.NewLocalBackend(remote, serve.NewLocalBuilder(remote, conf)),
+		err := serve.NewServer(serve.NewLocalBackend(remote, serve.NewLocalBuilder(remote, conf, nil)),
 			&serve.Options{Write: true, Log: prefixWriter(e.Stderr, "remote> ")}).Serve(ctx, toServer, fromServer)
 		fromServer.CloseWithError(fmt.Errorf("server ended: %v", err))
 		toServer.Close()

@@ -202,18 +202,7 @@ func cmdStoreAddRoot(ctx context.Context, e *Env, args []string) error {
 // withConfiguredStore is withStore with the store options nix.conf sets
 // (gc-reserved-space).
 func withConfiguredStore(e *Env, conf *settings.Settings, f func(*localstore.Store) error) error {
-	root, why := localstore.Select(e.Store)
-	if root == "" {
-		return fmt.Errorf("open store: %s", why)
-	}
-	if e.Verbose {
-		fmt.Fprintf(e.Stderr, "using store %s (%s)\n", root, why)
-	}
-	opts := &localstore.Options{ReservedSize: conf.ReservedSize}
-	if conf.ReservedSize <= 0 {
-		opts.ReservedSize = -1 // Nix's 0: an empty file
-	}
-	st, err := localstore.Open(root, opts)
+	st, err := openConfiguredStore(e, conf)
 	if err != nil {
 		return err
 	}

@@ -46,16 +46,21 @@ func runNixServeArgv(ctx context.Context, e *Env, args []string) error {
 // opened for this session only: closing it when the session ends, however
 // it ends, releases every temp root the session took.
 func runServe(ctx context.Context, e *Env, write bool) error {
-	st, err := openStore(e)
-	if err != nil {
-		return err
-	}
-	defer st.Close()
 	conf, err := settings.Load(nil)
 	if err != nil {
 		return err
 	}
-	b := serve.NewLocalBuilder(st, conf)
+	st, err := openConfiguredStore(e, conf)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	var autoGC func(context.Context)
+	if auto := autoCollector(e, st, conf); auto != nil {
+		autoGC = auto.Check
+		defer auto.Wait() // before the store closes
+	}
+	b := serve.NewLocalBuilder(st, conf, autoGC)
 	// serve.Main buffers both directions itself and flushes after each reply.
 	return serve.Main(ctx, serve.NewLocalBackend(st, b), e.Stdin, e.Stdout, &serve.Options{Write: write, Log: e.Stderr})
 }

@@ -30,8 +30,19 @@ func init() {
 }
 
 // openStore opens the local store chosen by --store, FERRY_STORE or the
-// defaults (localstore.Select), saying which with -v.
+// defaults (localstore.Select), saying which with -v, with the settings of
+// nix.conf.
 func openStore(e *Env) (*localstore.Store, error) {
+	conf, err := settings.Load(nil)
+	if err != nil {
+		return nil, err
+	}
+	return openConfiguredStore(e, conf)
+}
+
+// openConfiguredStore is openStore with the settings given: the store's
+// db/reserved file gets conf's gc-reserved-space.
+func openConfiguredStore(e *Env, conf *settings.Settings) (*localstore.Store, error) {
 	root, why := localstore.Select(e.Store)
 	if root == "" {
 		return nil, fmt.Errorf("open store: %s", why)
@@ -39,7 +50,11 @@ func openStore(e *Env) (*localstore.Store, error) {
 	if e.Verbose {
 		fmt.Fprintf(e.Stderr, "using store %s (%s)\n", root, why)
 	}
-	return localstore.Open(root, nil)
+	opts := &localstore.Options{ReservedSize: conf.ReservedSize}
+	if conf.ReservedSize <= 0 {
+		opts.ReservedSize = -1 // Nix's 0: an empty file
+	}
+	return localstore.Open(root, opts)
 }
 
 // withStore runs f on the selected store and closes it.

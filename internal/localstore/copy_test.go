@@ -78,7 +78,7 @@ func TestCopyRangeShrunk(t *testing.T) {
 	fatalIf(t, err)
 	defer out.Close()
 	progress := make(chan int64, 4)
-	err = copyRange(context.Background(), out, in, 20, false, progress, nil)
+	err = copyRange(context.Background(), out, in, 20, progress, nil)
 	if err == nil || !strings.Contains(err.Error(), "shrank") {
 		t.Fatalf("copyRange of a shrunk file: %v", err)
 	}

@@ -15,19 +15,22 @@ import (
 
 // localBuilder builds on a local store with internal/build.
 type localBuilder struct {
-	st *localstore.Store
-	s  *settings.Settings
+	st     *localstore.Store
+	s      *settings.Settings
+	autoGC func(context.Context)
 }
 
 // NewLocalBuilder returns the Builder of a serve session over the local
 // store st: derivations are realised by internal/build with the machine's
 // settings s (nil means settings.Default()) and the limits each client
-// sends (serve-protocol.md §3.8), as Nix's opServe does.
-func NewLocalBuilder(st *localstore.Store, s *settings.Settings) Builder {
+// sends (serve-protocol.md §3.8), as Nix's opServe does. autoGC, if not
+// nil, is build.Options.AutoGC: the automatic collection of min-free and
+// max-free while builds run.
+func NewLocalBuilder(st *localstore.Store, s *settings.Settings, autoGC func(context.Context)) Builder {
 	if s == nil {
 		s = settings.Default()
 	}
-	return &localBuilder{st: st, s: s}
+	return &localBuilder{st: st, s: s, autoGC: autoGC}
 }
 
 func (b *localBuilder) opts(bs *store.BuildSettings, log io.Writer, inMemory bool) *build.Options {
@@ -35,7 +38,7 @@ func (b *localBuilder) opts(bs *store.BuildSettings, log io.Writer, inMemory boo
 	if bs != nil {
 		client = *bs
 	}
-	return &build.Options{Settings: build.WithBuildSettings(b.s, client), Log: log, InMemory: inMemory}
+	return &build.Options{Settings: build.WithBuildSettings(b.s, client), Log: log, InMemory: inMemory, AutoGC: b.autoGC}
 }
 
 // BuildDerivation mirrors cmdBuildDerivation: the derivation arrived in

@@ -24,6 +24,21 @@
 // session added (store.TempRooter). Server itself never releases roots; it
 // relies on the handle's lifetime.
 //
+// # Copies: acknowledged when verified, committed before the last reply
+//
+// Nix 2.8's clients copy with one QueryValidPaths of all the paths, then one
+// AddToStoreNar per missing path, each waiting for its reply. ferry makes
+// every path durable before it is valid, and a file system sync per path
+// would dominate the copy of small paths, so with a Backend that is a
+// Batcher (the local store) a path the last QueryValidPaths reported missing
+// is verified, staged and acknowledged at once. Staged paths are committed
+// (one sync, one transaction per 256 paths) in the background every
+// AsyncPaths paths or AsyncBytes bytes, and in full before the reply to the
+// last announced path, before any other command, and whenever the session
+// ends. So the client's copy succeeds only once all of it is durable and
+// valid; if the server dies first, the client sees the connection fail, and
+// what was staged is left as temporaries that the next write or GC removes.
+//
 // # Errors
 //
 // Like Nix, the protocol has no in-band error channel except for build results:

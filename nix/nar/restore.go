@@ -6,6 +6,8 @@ import (
 	"io"
 	"os"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // Restore recreates the NAR read from r at dest, like `nix-store --restore`
@@ -97,7 +99,11 @@ func restoreEntry(root *os.Root, nr *Reader, h *Header, buf []byte) error {
 // writeFile copies the current file's contents from nr into f, sets the
 // execute bits if needed, and closes f.
 func writeFile(f *os.File, nr *Reader, h *Header, buf []byte) error {
-	err := copyContents(f, nr, h.Size, buf)
+	var w io.Writer = f
+	if h.Size > writebackChunk {
+		w = &writeback{f: f}
+	}
+	err := copyContents(w, nr, h.Size, buf)
 	if err == nil && h.Executable {
 		var fi os.FileInfo
 		if fi, err = f.Stat(); err == nil {
@@ -111,4 +117,29 @@ func writeFile(f *os.File, nr *Reader, h *Header, buf []byte) error {
 		return fmt.Errorf("write %q: %w", h.Path, err)
 	}
 	return nil
+}
+
+// writebackChunk is how often a big file being restored has its writeback
+// started.
+const writebackChunk = 8 << 20
+
+// writeback writes to a file and asks the kernel to start writing each
+// writebackChunk out as soon as it is complete (sync_file_range, which
+// does not wait). Restoring a big NAR from the network then leaves little
+// for a later fsync and never a gigabyte of dirty pages at once; without
+// it a store that syncs before registering pays the whole write after the
+// transfer instead of during it.
+type writeback struct {
+	f        *os.File
+	off, syn int64
+}
+
+func (w *writeback) Write(p []byte) (int, error) {
+	n, err := w.f.Write(p)
+	w.off += int64(n)
+	if w.off-w.syn >= writebackChunk {
+		unix.SyncFileRange(int(w.f.Fd()), w.syn, w.off-w.syn, unix.SYNC_FILE_RANGE_WRITE)
+		w.syn = w.off
+	}
+	return n, err
 }

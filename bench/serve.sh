@@ -117,6 +117,7 @@ copy_time() {
 	local dst
 	dst=$(mktemp -d "$tmp/dst.XXXXXX") # a subshell: no counter survives
 	local t0 t1
+	sync # neither side pays for the writeback the other left behind
 	t0=$(now)
 	if ! nix copy --no-check-sigs --from "$src" --to "ssh://$host?remote-program=$prog&remote-store=$dst" "$@" 2>"$tmp/copy.log"; then
 		echo "nix copy into $prog failed:" >&2

@@ -17,7 +17,8 @@ import (
 //
 // Add verifies each NAR exactly as AddToStoreNar does and leaves the object
 // restored and canonicalised at a temporary name; Commit syncs the file
-// system once (syncfs), then installs everything in reference order
+// system once (syncfs; the objects themselves when there are at most
+// fsyncEach), then installs everything in reference order
 // (installBatch: path locks, rename, directory sync, one transaction per
 // chunk). Until Commit returns, nothing of the batch is valid, so a crash
 // leaves only temporaries, which the next write or GC removes. Each object
@@ -229,6 +230,10 @@ func (b *Batch) Commit(ctx context.Context) error {
 	return err
 }
 
+// fsyncEach is the largest commit that syncs its objects one by one
+// rather than the whole file system at once.
+const fsyncEach = 8
+
 func (s *Store) commitPending(ctx context.Context, items []*pending) error {
 	if len(items) == 0 {
 		return nil
@@ -252,7 +257,15 @@ func (s *Store) commitPending(ctx context.Context, items []*pending) error {
 		return fmt.Errorf("commit: %w", err)
 	}
 	if !s.opts.NoSync {
-		if err := syncfs(s.realDir); err != nil {
+		if len(items) <= fsyncEach {
+			// Few objects: sync just them (files and directories), so
+			// that other writers' dirty data is not ours to wait for.
+			for _, p := range items {
+				if err := canonicalise(p.tmp, true); err != nil {
+					return fmt.Errorf("commit %s: %w", p.info.Path, err)
+				}
+			}
+		} else if err := syncfs(s.realDir); err != nil {
 			return err
 		}
 	}

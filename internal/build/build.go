@@ -79,6 +79,13 @@ func WithBuildSettings(s *settings.Settings, bs store.BuildSettings) *settings.S
 // concurrently, also for the same derivation: one build runs, the other
 // waits for its locks and returns AlreadyValid.
 func Build(ctx context.Context, st *localstore.Store, drvPath storepath.Path, d *derivation.Derivation, opts *Options) (*store.BuildResult, error) {
+	return drive(ctx, st, drvPath, d, opts, (*builder).run)
+}
+
+// drive runs step, Build's or Repair's, for one derivation and reports its
+// outcome as a BuildResult with times, status and message.
+func drive(ctx context.Context, st *localstore.Store, drvPath storepath.Path, d *derivation.Derivation, opts *Options,
+	step func(*builder, context.Context, *store.BuildResult) (store.BuildStatus, string, error)) (*store.BuildResult, error) {
 	if opts == nil {
 		opts = &Options{}
 	}
@@ -87,7 +94,7 @@ func Build(ctx context.Context, st *localstore.Store, drvPath storepath.Path, d 
 		b.s = settings.Default()
 	}
 	res := &store.BuildResult{StartTime: time.Now()}
-	status, msg, err := b.run(ctx, res)
+	status, msg, err := step(b, ctx, res)
 	res.StopTime = time.Now()
 	res.Status = status
 	if err != nil {
@@ -123,52 +130,68 @@ func (b *builder) name() string {
 	return fmt.Sprintf("building of '%s!%s' from .drv file", b.drvPath, outs)
 }
 
-// run does the build; a non-nil error is a failure of ferry or the store,
-// anything else is reported through status and msg.
-func (b *builder) run(ctx context.Context, res *store.BuildResult) (store.BuildStatus, string, error) {
-	st, d := b.st, b.drv
+// buildable is the checks of Build that don't touch the store; msg is
+// empty when d can be built here.
+func (b *builder) buildable() (store.BuildStatus, string) {
+	d := b.drv
 	typ, err := d.Type()
 	if err != nil {
-		return store.MiscFailure, fmt.Sprintf("derivation '%s': %v", b.drvPath, err), nil
+		return store.MiscFailure, fmt.Sprintf("derivation '%s': %v", b.drvPath, err)
 	}
 	if typ != derivation.TypeInputAddressed && typ != derivation.TypeFixed {
-		return store.MiscFailure, fmt.Sprintf("cannot build derivation '%s': ferry builds only input-addressed and fixed-output derivations", b.drvPath), nil
+		return store.MiscFailure, fmt.Sprintf("cannot build derivation '%s': ferry builds only input-addressed and fixed-output derivations", b.drvPath)
 	}
-	outs := d.OutputPaths()
-	if len(outs) == 0 || len(outs) != len(d.Outputs) {
-		return store.MiscFailure, fmt.Sprintf("derivation '%s' has outputs without paths", b.drvPath), nil
+	if outs := d.OutputPaths(); len(outs) == 0 || len(outs) != len(d.Outputs) {
+		return store.MiscFailure, fmt.Sprintf("derivation '%s' has outputs without paths", b.drvPath)
 	}
 	if strings.HasPrefix(d.Builder, "builtin:") {
-		return store.MiscFailure, fmt.Sprintf("cannot build derivation '%s': unsupported builtin builder '%s'", b.drvPath, d.Builder), nil
+		return store.MiscFailure, fmt.Sprintf("cannot build derivation '%s': unsupported builtin builder '%s'", b.drvPath, d.Builder)
 	}
 	if _, ok := d.Env["__json"]; ok {
-		return store.MiscFailure, fmt.Sprintf("cannot build derivation '%s': structured attributes are not supported by ferry", b.drvPath), nil
+		return store.MiscFailure, fmt.Sprintf("cannot build derivation '%s': structured attributes are not supported by ferry", b.drvPath)
 	}
 	features := strings.Fields(d.Env["requiredSystemFeatures"])
 	if !b.s.CanBuild(d.Platform, d.Builder, features) {
 		return store.InputRejected, fmt.Sprintf("a '%s' with features {%s} is required to build '%s', but I am a '%s' with features {%s}",
-			d.Platform, strings.Join(features, ", "), b.drvPath, b.s.System, strings.Join(b.s.SystemFeatures, ", ")), nil
+			d.Platform, strings.Join(features, ", "), b.drvPath, b.s.System, strings.Join(b.s.SystemFeatures, ", "))
 	}
+	return 0, ""
+}
 
+// prepare checks that the derivation can be built here (buildable),
+// temp-roots it and its inputs and returns the inputs' closure. A
+// non-empty msg is a failure to report with status.
+func (b *builder) prepare(ctx context.Context) (closure []storepath.Path, status store.BuildStatus, msg string, err error) {
+	if status, msg := b.buildable(); msg != "" {
+		return nil, status, msg, nil
+	}
 	// The derivation's hash part protects <drv>.chroot from a concurrent
 	// GC (an automatic one included), as Nix's DerivationGoal does for
 	// in-memory derivations and .drv files alike.
-	if err := st.AddTempRoot(ctx, b.drvPath); err != nil {
-		return 0, "", err
+	if err := b.st.AddTempRoot(ctx, b.drvPath); err != nil {
+		return nil, 0, "", err
 	}
-
 	// Inputs: temp roots first, then validity (a GC can't slip between).
 	inputs, missing, err := b.inputPaths(ctx)
 	if err != nil {
-		return 0, "", err
+		return nil, 0, "", err
 	}
 	if len(missing) > 0 {
-		return store.MiscFailure, fmt.Sprintf("some dependencies of '%s' are missing: '%s'", b.drvPath, strings.Join(missing, "', '")), nil
+		return nil, store.MiscFailure, fmt.Sprintf("some dependencies of '%s' are missing: '%s'", b.drvPath, strings.Join(missing, "', '")), nil
 	}
-	closure, err := st.QueryClosure(ctx, inputs, false)
-	if err != nil {
-		return 0, "", err
+	closure, err = b.st.QueryClosure(ctx, inputs, false)
+	return closure, 0, "", err
+}
+
+// run does the build; a non-nil error is a failure of ferry or the store,
+// anything else is reported through status and msg.
+func (b *builder) run(ctx context.Context, res *store.BuildResult) (store.BuildStatus, string, error) {
+	st := b.st
+	closure, status, msg, err := b.prepare(ctx)
+	if err != nil || msg != "" {
+		return status, msg, err
 	}
+	outs := b.drv.OutputPaths()
 
 	// Outputs: temp roots, locks, then the validity check Nix repeats
 	// after locking (tryToBuild).

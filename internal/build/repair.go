@@ -12,13 +12,11 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
-	"time"
 
 	"golang.org/x/sys/unix"
 
 	"ferry/internal/localstore"
 	"ferry/internal/lock"
-	"ferry/internal/settings"
 	"ferry/nix/derivation"
 	"ferry/nix/hash"
 	"ferry/nix/nar"
@@ -97,28 +95,10 @@ func RepairPath(ctx context.Context, st *localstore.Store, p storepath.Path, opt
 // in a sandbox too; for a builder that only writes $out's name into files
 // the result is the same.
 func Repair(ctx context.Context, st *localstore.Store, drvPath storepath.Path, d *derivation.Derivation, opts *Options) (*store.BuildResult, error) {
-	if opts == nil {
-		opts = &Options{}
+	if opts != nil {
+		defer startAutoGC(ctx, opts.AutoGC)()
 	}
-	defer startAutoGC(ctx, opts.AutoGC)()
-	b := &builder{st: st, drvPath: drvPath, drv: d, opts: opts, s: opts.Settings}
-	if b.s == nil {
-		b.s = settings.Default()
-	}
-	res := &store.BuildResult{StartTime: time.Now()}
-	status, msg, err := b.repair(ctx, res)
-	res.StopTime = time.Now()
-	res.Status = status
-	if err != nil {
-		res.Status = store.MiscFailure
-		res.ErrorMsg = err.Error()
-		return res, err
-	}
-	res.ErrorMsg = msg
-	if !status.Success() {
-		res.BuiltOutputs = nil
-	}
-	return res, nil
+	return drive(ctx, st, drvPath, d, opts, (*builder).repair)
 }
 
 // repairOutput is one output on its way back into place.
@@ -131,23 +111,9 @@ type repairOutput struct {
 
 func (b *builder) repair(ctx context.Context, res *store.BuildResult) (store.BuildStatus, string, error) {
 	st, d := b.st, b.drv
-	if status, msg := b.buildable(); msg != "" {
-		return status, msg, nil
-	}
-	// As in Build: the derivation's temp root keeps a GC off its .chroot.
-	if err := st.AddTempRoot(ctx, b.drvPath); err != nil {
-		return 0, "", err
-	}
-	inputs, missing, err := b.inputPaths(ctx)
-	if err != nil {
-		return 0, "", err
-	}
-	if len(missing) > 0 {
-		return store.MiscFailure, fmt.Sprintf("some dependencies of '%s' are missing: '%s'", b.drvPath, strings.Join(missing, "', '")), nil
-	}
-	closure, err := st.QueryClosure(ctx, inputs, false)
-	if err != nil {
-		return 0, "", err
+	closure, status, msg, err := b.prepare(ctx)
+	if err != nil || msg != "" {
+		return status, msg, err
 	}
 
 	outs := d.OutputPaths()
@@ -236,34 +202,6 @@ func (b *builder) repair(ctx context.Context, res *store.BuildResult) (store.Bui
 	}
 	locks.SetDeletion(true)
 	return store.Built, "", nil
-}
-
-// buildable is the checks of Build that don't touch the store; msg is
-// empty when d can be built here.
-func (b *builder) buildable() (store.BuildStatus, string) {
-	d := b.drv
-	typ, err := d.Type()
-	if err != nil {
-		return store.MiscFailure, fmt.Sprintf("derivation '%s': %v", b.drvPath, err)
-	}
-	if typ != derivation.TypeInputAddressed && typ != derivation.TypeFixed {
-		return store.MiscFailure, fmt.Sprintf("cannot build derivation '%s': ferry builds only input-addressed and fixed-output derivations", b.drvPath)
-	}
-	if outs := d.OutputPaths(); len(outs) == 0 || len(outs) != len(d.Outputs) {
-		return store.MiscFailure, fmt.Sprintf("derivation '%s' has outputs without paths", b.drvPath)
-	}
-	if strings.HasPrefix(d.Builder, "builtin:") {
-		return store.MiscFailure, fmt.Sprintf("cannot build derivation '%s': unsupported builtin builder '%s'", b.drvPath, d.Builder)
-	}
-	if _, ok := d.Env["__json"]; ok {
-		return store.MiscFailure, fmt.Sprintf("cannot build derivation '%s': structured attributes are not supported by ferry", b.drvPath)
-	}
-	features := strings.Fields(d.Env["requiredSystemFeatures"])
-	if !b.s.CanBuild(d.Platform, d.Builder, features) {
-		return store.InputRejected, fmt.Sprintf("a '%s' with features {%s} is required to build '%s', but I am a '%s' with features {%s}",
-			d.Platform, strings.Join(features, ", "), b.drvPath, b.s.System, strings.Join(b.s.SystemFeatures, ", "))
-	}
-	return 0, ""
 }
 
 // fallbackPath is Nix 2.8's LocalDerivationGoal::makeFallbackPath for a

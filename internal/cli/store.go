@@ -29,19 +29,9 @@ func init() {
 	register(&command{name: "store verify", args: "[--check-contents] [--repair]", summary: "check the store's database against its files (as nix-store --verify)", run: cmdStoreVerify})
 }
 
-// openStore opens the local store chosen by --store, FERRY_STORE or the
-// defaults (localstore.Select), saying which with -v, with the settings of
-// nix.conf.
-func openStore(e *Env) (*localstore.Store, error) {
-	conf, err := settings.Load(nil)
-	if err != nil {
-		return nil, err
-	}
-	return openConfiguredStore(e, conf)
-}
-
-// openConfiguredStore is openStore with the settings given: the store's
-// db/reserved file gets conf's gc-reserved-space.
+// openConfiguredStore opens the local store chosen by --store,
+// FERRY_STORE or the defaults (localstore.Select), saying which with -v;
+// its db/reserved file gets conf's gc-reserved-space.
 func openConfiguredStore(e *Env, conf *settings.Settings) (*localstore.Store, error) {
 	root, why := localstore.Select(e.Store)
 	if root == "" {
@@ -57,17 +47,14 @@ func openConfiguredStore(e *Env, conf *settings.Settings) (*localstore.Store, er
 	return localstore.Open(root, opts)
 }
 
-// withStore runs f on the selected store and closes it.
+// withStore runs f on the selected store, opened with nix.conf's
+// settings, and closes it.
 func withStore(e *Env, f func(*localstore.Store) error) error {
-	st, err := openStore(e)
+	conf, err := settings.Load(nil)
 	if err != nil {
 		return err
 	}
-	err = f(st)
-	if cerr := st.Close(); err == nil {
-		err = cerr
-	}
-	return err
+	return withConfiguredStore(e, conf, f)
 }
 
 func parsePaths(st *localstore.Store, args []string) ([]storepath.Path, error) {

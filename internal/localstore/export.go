@@ -172,38 +172,14 @@ func (s *Store) Import(ctx context.Context, r io.Reader) ([]storepath.Path, erro
 			}
 		}
 	}
-	sorted, err := TopoSort(pendKeys(pend), func(p storepath.Path) []storepath.Path { return pend[p].info.References })
-	if err != nil {
+	items := make([]*pending, 0, len(pend))
+	for _, p := range pend {
+		items = append(items, p)
+	}
+	if err := s.commitPending(ctx, items); err != nil {
 		return nil, fmt.Errorf("import: %w", err)
 	}
-	if !s.opts.NoSync && len(sorted) > 0 {
-		if err := syncfs(s.realDir); err != nil {
-			return nil, err
-		}
-	}
-	for len(sorted) > 0 {
-		n := min(importBatch, len(sorted))
-		batch := make([]*pending, n)
-		for i, p := range sorted[:n] {
-			batch[i] = pend[p]
-		}
-		sorted = sorted[n:]
-		if err := s.installBatch(ctx, batch); err != nil {
-			return nil, fmt.Errorf("import: %w", err)
-		}
-		for _, p := range batch {
-			p.tmp = "" // installBatch removed or moved it
-		}
-	}
 	return order, nil
-}
-
-func pendKeys(m map[storepath.Path]*pending) []storepath.Path {
-	out := make([]storepath.Path, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	return out
 }
 
 // syncfs flushes the file system holding dir: one call instead of an

@@ -28,8 +28,8 @@ type gcArgs struct {
 	maxFreed                     uint64 // 0: no limit
 	freeNothing                  bool   // --max-freed 0: Nix deletes nothing
 	paths                        []string
-	// conf supplies keep-outputs, keep-derivations and
-	// gc-reserved-space; nil means Nix's defaults.
+	// conf supplies keep-outputs (after the flag), keep-derivations and
+	// gc-reserved-space.
 	conf *settings.Settings
 }
 
@@ -116,10 +116,6 @@ func parseBytes(s string) (uint64, error) {
 
 func runGC(ctx context.Context, e *Env, a *gcArgs) error {
 	conf := a.conf
-	if conf == nil {
-		conf = settings.Default()
-		conf.KeepOutputs = a.keepOutputs
-	}
 	return withConfiguredStore(e, conf, func(st *localstore.Store) error {
 		paths, err := parsePaths(st, a.paths)
 		if err != nil {

@@ -435,13 +435,15 @@ func cmdStoreVerify(ctx context.Context, e *Env, args []string) error {
 	if len(ops) != 0 {
 		return usagef("store verify takes no operands")
 	}
-	var s *settings.Settings
-	if *repair {
-		if s, err = settings.Load(nil); err != nil {
-			return err
-		}
+	conf, err := settings.Load(nil)
+	if err != nil {
+		return err
 	}
-	return withStore(e, func(st *localstore.Store) error {
+	var s *settings.Settings // repair settings: nil without --repair
+	if *repair {
+		s = conf
+	}
+	return withConfiguredStore(e, conf, func(st *localstore.Store) error {
 		return runStoreVerify(ctx, e, st, *check, s)
 	})
 }

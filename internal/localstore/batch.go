@@ -104,19 +104,10 @@ func (b *Batch) Add(ctx context.Context, info *store.PathInfo, r io.Reader) erro
 	if staged {
 		return s.skipNar(info.Path, r)
 	}
-	for _, ref := range outside {
-		if err := s.temps.Add(ctx, string(ref)); err != nil {
-			return err
-		}
-	}
 	if len(outside) > 0 {
-		valid, err := s.QueryValidPaths(ctx, outside)
+		ok, err := s.rootValid(ctx, outside)
 		if err != nil {
 			return err
-		}
-		ok := map[storepath.Path]bool{}
-		for _, v := range valid {
-			ok[v] = true
 		}
 		b.mu.Lock()
 		for v := range ok {

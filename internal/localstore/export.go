@@ -150,25 +150,14 @@ func (s *Store) Import(ctx context.Context, r io.Reader) ([]storepath.Path, erro
 			}
 		}
 	}
-	for _, ref := range outside {
-		if err := s.temps.Add(ctx, string(ref)); err != nil {
-			return nil, err
-		}
-	}
-	valid, err := s.QueryValidPaths(ctx, outside)
+	isValid, err := s.rootValid(ctx, outside)
 	if err != nil {
 		return nil, err
 	}
-	if len(valid) != len(outside) {
-		isValid := map[storepath.Path]bool{}
-		for _, v := range valid {
-			isValid[v] = true
-		}
-		for _, p := range pend {
-			for _, ref := range p.info.References {
-				if pend[ref] == nil && !isValid[ref] {
-					return nil, fmt.Errorf("import: cannot add path '%s' because it references path '%s' which %w", p.info.Path, ref, store.ErrNotValid)
-				}
+	for _, p := range pend {
+		for _, ref := range p.info.References {
+			if pend[ref] == nil && !isValid[ref] {
+				return nil, fmt.Errorf("import: cannot add path '%s' because it references path '%s' which %w", p.info.Path, ref, store.ErrNotValid)
 			}
 		}
 	}

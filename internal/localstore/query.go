@@ -69,6 +69,26 @@ func (s *Store) QueryValidPaths(ctx context.Context, paths []storepath.Path) ([]
 	return out, err
 }
 
+// rootValid adds a temp root for each of paths and then returns the set of
+// those that are valid: rooted before the query, a valid path stays valid
+// (a GC leaves it alone) for as long as the Store is open.
+func (s *Store) rootValid(ctx context.Context, paths []storepath.Path) (map[storepath.Path]bool, error) {
+	for _, p := range paths {
+		if err := s.temps.Add(ctx, string(p)); err != nil {
+			return nil, err
+		}
+	}
+	valid, err := s.QueryValidPaths(ctx, paths)
+	if err != nil {
+		return nil, err
+	}
+	set := make(map[storepath.Path]bool, len(valid))
+	for _, p := range valid {
+		set[p] = true
+	}
+	return set, nil
+}
+
 // QueryAllValidPaths returns every valid path, sorted.
 func (s *Store) QueryAllValidPaths(ctx context.Context) ([]storepath.Path, error) {
 	var out []storepath.Path

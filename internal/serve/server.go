@@ -591,13 +591,13 @@ func (ss *session) watchDisconnect() (ctx context.Context, stop func()) {
 // that the last QueryValidPaths reported missing is verified and staged,
 // and acknowledged at once. What is staged is committed (one sync, one
 // transaction per 256 paths) in the background whenever AsyncPaths or
-// AsyncBytes of it wait, so the work overlaps the client's round trips, and
-// in full before the reply to the last such path, before any other
-// command, and when the session ends in any way. The client therefore sees its copy succeed
-// only once all of it is durable and valid; if the server dies before, the
-// client gets an error, and what was staged is left as temporaries for
-// the next write or GC to remove. Any other path is committed before its
-// reply.
+// AsyncBytes of it wait, so the work overlaps the client's round trips,
+// and in full before the reply to the last such path, before any other
+// command, and when the session ends in any way. The client therefore sees
+// its copy succeed only once all of it is durable and valid; if the server
+// dies before, the client gets an error, and what was staged is left as
+// temporaries for the next write or GC to remove. Any other path is
+// committed before its reply.
 func (ss *session) addToStoreNar() error {
 	if !ss.s.opts.Write {
 		return errors.New("importing paths is not allowed")

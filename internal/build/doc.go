@@ -1,5 +1,5 @@
 // Package build realises derivations in a local store the way Nix 2.8's
-// LocalDerivationGoal does (store-format.md §8): it checks the inputs,
+// LocalDerivationGoal does (docs/store.md §8): it checks the inputs,
 // takes the output path locks, prepares a build directory and the
 // builder's exact environment, runs the builder through internal/sandbox
 // (in Linux namespaces, or directly on the host), enforces the silence,

@@ -23,7 +23,7 @@ type envSpec struct {
 
 // builderEnv returns the builder's environment, sorted, in the order of
 // Nix 2.8's initEnv and initTmpDir (local-derivation-goal.cc:974-1080;
-// store-format.md §8.1), and writes the passAsFile files into the host
+// docs/store.md §8.1), and writes the passAsFile files into the host
 // build directory. Later assignments win.
 func builderEnv(d *derivation.Derivation, es envSpec) ([]string, error) {
 	env := map[string]string{

@@ -26,7 +26,7 @@ func TestBuilderEnv(t *testing.T) {
 		got[k] = v
 	}
 	// The .attr- name is nix32(sha256("foo")), verified against Nix 2.8
-	// (store-format.md §8.1).
+	// (docs/store.md §8.1).
 	const attr = ".attr-1bp7cri8hplaz6hbz0v4f0nl44rl84q1sg25kgwqzipzd1mv89ic"
 	want := map[string]string{
 		"PATH": "/overridden", "HOME": "/homeless-shelter", "NIX_STORE": "/nix/store", "NIX_BUILD_CORES": "0",

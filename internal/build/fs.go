@@ -13,7 +13,7 @@ import (
 )
 
 // canonicalise is Nix's canonicalisePathMetaData for a build output
-// (store-format.md §7.1): only regular files, directories and symlinks;
+// (docs/store.md §7.1): only regular files, directories and symlinks;
 // extended attributes removed (but the ones Nix ignores); permissions
 // 0444 or 0555; mtime 1, symlinks included; owned by the effective user.
 // Parents are fixed before their children.

@@ -32,7 +32,7 @@ type countWriter struct{ n uint64 }
 func (c *countWriter) Write(p []byte) (int, error) { c.n += uint64(len(p)); return len(p), nil }
 
 // checkOutputs checks, canonicalises, hashes and scans every output of a
-// successful build (Nix's registerOutputs, store-format.md §8.4) and
+// successful build (Nix's registerOutputs, docs/store.md §8.4) and
 // returns their path infos, not yet registered. candidates are the input
 // closure; the outputs' own paths are added.
 func checkOutputs(ctx context.Context, st *localstore.Store, drvPath storepath.Path, d *derivation.Derivation, outs map[string]storepath.Path, closure []storepath.Path) ([]*store.PathInfo, error) {

@@ -1,5 +1,5 @@
 // Package db owns the SQLite database of a Nix-compatible store
-// (store-format.md §5): the schema of Nix 2.8 (version 10), the connection
+// (docs/store.md §5): the schema of Nix 2.8 (version 10), the connection
 // setup Nix uses, the exact statements of local-store.cc, the column
 // formats of §5.3 and the busy handling that lets ferry and real Nix
 // share one database.

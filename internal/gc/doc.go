@@ -1,4 +1,4 @@
-// Package gc owns garbage collection of a local store (store-format.md
+// Package gc owns garbage collection of a local store (docs/store.md
 // §6.3-§6.7): finding roots (permanent roots under gcroots and profiles,
 // runtime roots from /proc, temp roots of live processes), the gc-socket
 // server of Nix 2.8 that lets processes add temp roots while a collection

@@ -78,7 +78,7 @@ func exists(s *localstore.Store, p storepath.Path) bool {
 }
 
 func TestAutoRootPath(t *testing.T) {
-	// Made by nix-store --add-root /tmp/myroot (2.8.0). store-format.md
+	// Made by nix-store --add-root /tmp/myroot (2.8.0). docs/store.md
 	// §6.5 gives 5fga4282d24hnp8cpp00k0ygls67rdh3, which real Nix does
 	// not produce.
 	got := filepath.Base(AutoRootPath("/x", "/tmp/myroot"))

@@ -1,7 +1,7 @@
 // Package localstore is a Nix-compatible store on disk: the tree of store
 // objects, the SQLite database and the locks, laid out exactly as Nix 2.8
 // lays them out, so that ferry and real Nix can work on the same store at
-// the same time (store-format.md §5 to §7).
+// the same time (docs/store.md §5 to §7).
 //
 // A store is opened at a physical root directory: root "/" is the
 // machine's /nix; any other root keeps its objects in <root>/nix/store and

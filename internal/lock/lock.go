@@ -1,5 +1,5 @@
 // Package lock owns the locks a Nix-compatible store takes on disk
-// (store-format.md §6): BSD flock(2) locks, never POSIX ones, so that ferry
+// (docs/store.md §6): BSD flock(2) locks, never POSIX ones, so that ferry
 // and real Nix see each other's locks.
 //
 //   - Flock/OpenLockFile: the primitive (pathlocks.cc lockFile, openLockFile).

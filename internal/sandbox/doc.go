@@ -2,7 +2,7 @@
 // directly on the host in its own session, or inside a Linux sandbox made of
 // user, mount, PID, IPC, UTS and (unless the build may use the network)
 // network namespaces with a private root filesystem
-// (store-format.md §8.1 and §8.3).
+// (docs/store.md §8.1 and §8.3).
 //
 // The package owns the process and its root filesystem, nothing else: the
 // caller (internal/build) chooses the environment, computes the input
@@ -24,7 +24,7 @@
 //
 // The init does its setup (in both modes: umask 022, RLIMIT_CORE 0,
 // ADDR_NO_RANDOMIZE, no_new_privs and Nix's seccomp filter refusing setuid
-// and setgid modes and extended attributes, as in store-format.md §8.1), then
+// and setgid modes and extended attributes, as in docs/store.md §8.1), then
 // execs the builder, so the builder replaces it:
 // inside the sandbox the builder is PID 1, as in Nix, and when it exits the
 // kernel kills everything left in its PID namespace.

@@ -155,7 +155,7 @@ func runInit(is *initSpec) error {
 }
 
 // setupSandbox makes the mounts in the new mount namespace and enters the
-// chroot (store-format.md §8.3, "Mount sequence").
+// chroot (docs/store.md §8.3, "Mount sequence").
 func setupSandbox(is *initSpec) error {
 	root := is.Root
 	in := func(p string) string { return filepath.Join(root, p) }

@@ -14,7 +14,7 @@ type Spec struct {
 
 	// Builder is the program to exec, as a path inside the sandbox (or on
 	// the host when not sandboxed). It is exec'd as is, without a PATH
-	// search; argv[0] is its base name (store-format.md §8.1).
+	// search; argv[0] is its base name (docs/store.md §8.1).
 	Builder string
 	// Args are the builder's arguments after argv[0].
 	Args []string
@@ -80,7 +80,7 @@ type Spec struct {
 // would write their outputs at the logical path.
 var ErrSandboxRequired = errors.New("a sandbox is required when the real store directory differs from the store directory")
 
-// Nix's /etc files for the sandbox (store-format.md §8.3).
+// Nix's /etc files for the sandbox (docs/store.md §8.3).
 const (
 	passwdFile = "root:x:0:0:Nix build user:/build:/noshell\n" +
 		"nixbld:x:1000:100:Nix build user:/build:/noshell\n" +

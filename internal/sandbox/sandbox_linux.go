@@ -85,7 +85,7 @@ func runProbe(userNS bool) error {
 }
 
 // sandboxAttr returns the clone attributes of a sandbox init
-// (store-format.md §8.3: always NEWPID, NEWNS, NEWIPC, NEWUTS; NEWNET
+// (docs/store.md §8.3: always NEWPID, NEWNS, NEWIPC, NEWUTS; NEWNET
 // unless network; NEWUSER with uid 1000 and gid 100 mapped to the caller's).
 // uid and gid are the host ids behind 1000 and 100; -1 means the caller's.
 func sandboxAttr(userNS, network bool, uid, gid int) *syscall.SysProcAttr {
@@ -404,7 +404,7 @@ func (p *Process) moveOutputs() error {
 }
 
 // prepareChroot builds the sandbox's root directory on the host and returns
-// the mounts the init must make in it (store-format.md §8.3).
+// the mounts the init must make in it (docs/store.md §8.3).
 func prepareChroot(spec *Spec) (*initSpec, error) {
 	storeDir := filepath.Clean(spec.StoreDir)
 	if !filepath.IsAbs(storeDir) || storeDir == "/" {

@@ -8,7 +8,7 @@ import (
 	"unsafe"
 )
 
-// Nix's default seccomp filter (filter-syscalls = true, store-format.md
+// Nix's default seccomp filter (filter-syscalls = true, docs/store.md
 // §8.1): builders can't make setuid or setgid files, nor set extended
 // attributes, which the store can't represent.
 

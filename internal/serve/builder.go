@@ -23,7 +23,7 @@ type localBuilder struct {
 // NewLocalBuilder returns the Builder of a serve session over the local
 // store st: derivations are realised by internal/build with the machine's
 // settings s (nil means settings.Default()) and the limits each client
-// sends (serve-protocol.md §3.8), as Nix's opServe does. autoGC, if not
+// sends (docs/protocol.md §3.8), as Nix's opServe does. autoGC, if not
 // nil, is build.Options.AutoGC: the automatic collection of min-free and
 // max-free while builds run.
 func NewLocalBuilder(st *localstore.Store, s *settings.Settings, autoGC func(context.Context)) Builder {

@@ -134,7 +134,7 @@ func writeBuildResultHead(w *wire.Writer, version uint64, r *BuildResult) error 
 
 // ReadBuildResult reads what WriteBuildResult writes. A client talking to a
 // Nix 2.4-2.10 server that advertised a version below 2.6 must also call
-// ReadBuiltOutputs (serve-protocol.md §3.9.3).
+// ReadBuiltOutputs (docs/protocol.md §3.9.3).
 func ReadBuildResult(r *wire.Reader, dir storepath.Dir, version uint64) (*BuildResult, error) {
 	var res BuildResult
 	st, err := r.ReadInt()

@@ -41,7 +41,7 @@ func NewClient(r io.Reader, w io.Writer, dir storepath.Dir) (*Client, error) {
 func (c *Client) ServerVersion() uint64 { return c.version }
 
 // minor is the protocol minor the client uses: Nix 2.8's client gates on
-// the server's minor (serve-protocol.md §2.3), capped at ours.
+// the server's minor (docs/protocol.md §2.3), capped at ours.
 func (c *Client) minor() uint64 {
 	if Minor(c.version) > Minor(Version) {
 		return Minor(Version)

@@ -36,7 +36,7 @@ func (b *budget) count(what string, max uint64) (int, error) {
 	return int(n), nil
 }
 
-// ReadBasicDerivation reads a BasicDerivation (serve-protocol.md §4; Nix
+// ReadBasicDerivation reads a BasicDerivation (docs/protocol.md §4; Nix
 // 2.8's readDerivation in derivations.cc): outputs (name, path, hashAlgo,
 // hash), input sources, platform, builder, args and env. The wire form has
 // no name and no input derivations: name is the derivation name, taken by

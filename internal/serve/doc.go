@@ -1,5 +1,5 @@
 // Package serve owns the serve protocol, the protocol `nix-store --serve`
-// speaks on stdin/stdout (serve-protocol.md; Nix 2.8.0's
+// speaks on stdin/stdout (docs/protocol.md; Nix 2.8.0's
 // src/nix-store/nix-store.cc opServe, src/libstore/serve-protocol.hh and
 // src/libstore/legacy-ssh-store.cc).
 //

@@ -256,7 +256,7 @@ func WriteAddToStoreNar(w *wire.Writer, info *store.PathInfo) error {
 }
 
 // ReadBuildSettings reads the build settings that follow BuildPaths and
-// BuildDerivation requests (serve-protocol.md §3.8), gated on the client's
+// BuildDerivation requests (docs/protocol.md §3.8), gated on the client's
 // minor version as Nix 2.8's opServe getBuildSettings does.
 func ReadBuildSettings(r *wire.Reader, version uint64) (*store.BuildSettings, error) {
 	var s store.BuildSettings
@@ -395,7 +395,7 @@ func WriteBuildPathsReply(w *wire.Writer, rep *BuildPathsReply) error {
 
 // ReadBuildPathsReply reads the reply to CmdBuildPaths. Unlike Nix's
 // client, it reads the message for every non-zero status (Nix's success()
-// test misreads status 1, serve-protocol.md §3.6).
+// test misreads status 1, docs/protocol.md §3.6).
 func ReadBuildPathsReply(r *wire.Reader) (*BuildPathsReply, error) {
 	var rep BuildPathsReply
 	var err error

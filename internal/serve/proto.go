@@ -24,7 +24,7 @@ const (
 // major 2 (0x2xx).
 const (
 	// Version is what ferry advertises as a server and sends as a client:
-	// 0x207, proto 2.7, as Nix 2.4 to 2.34 do (serve-protocol.md §10).
+	// 0x207, proto 2.7, as Nix 2.4 to 2.34 do (docs/protocol.md §10).
 	Version = 0x207
 	// MinClientVersion (0x200, proto 2.0, Nix 1.8) is the oldest client
 	// version this package knows; older words are accepted but treated as

@@ -497,7 +497,7 @@ func (ss *session) queryClosure() error {
 
 // buildDerivation mirrors cmdBuildDerivation: read the drv path, the
 // BasicDerivation and the settings, build, and reply with the BuildResult.
-// Like Nix 2.4-2.10 (serve-protocol.md §3.9.3) the reply carries
+// Like Nix 2.4-2.10 (docs/protocol.md §3.9.3) the reply carries
 // builtOutputs in the proto 2.6/2.7 form whatever the client's version,
 // which is what every client of those servers reads. The inputs and outputs
 // of the build get temp roots for the rest of the session.

@@ -24,7 +24,7 @@ func mustParse(t testing.TB, data []byte, name string) *Derivation {
 	return d
 }
 
-// simpleDrv is `simple` of store-format.md §4.5 as derivation {…} builds it.
+// simpleDrv is `simple` of docs/store.md §4.5 as derivation {…} builds it.
 func simpleDrv() *Derivation {
 	return &Derivation{
 		Name:     "simple",
@@ -152,7 +152,7 @@ func TestChain(t *testing.T) {
 		})
 	}
 
-	// store-format.md §4.5: the modulo hashes of the two FODs.
+	// docs/store.md §4.5: the modulo hashes of the two FODs.
 	for base, prefix := range map[string]string{
 		"ybrak2irsl9axc0n7ispff2l50f7hi4q-fod.txt.drv": "771ed2961762b5fb9ddd4842b09667f5792b8b82450de3901115ad84891cb874",
 		"3c11w2miipv1hhj9dphhmvhyip4h3hhn-fodr.drv":    "e14dde49fbdd82c9d5e5ef4d03aa972fc291f3016ac444b5f2feace1af3e0a1a",

@@ -1,5 +1,5 @@
 // Package derivation owns Nix store derivations as Nix 2.8 knows them
-// (store-format.md §4; src/libstore/derivations.cc and the derivation part
+// (docs/store.md §4; src/libstore/derivations.cc and the derivation part
 // of src/libexpr/primops.cc): the in-memory [Derivation], its ATerm text
 // (the contents of a .drv file), hashDerivationModulo, the output paths
 // `derivation { … }` gives a derivation, and the JSON `nix show-derivation`

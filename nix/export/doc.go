@@ -1,5 +1,5 @@
 // Package export reads and writes the stream of `nix-store --export` and
-// `nix-store --import` (serve-protocol.md §5.1; src/libstore/export-import.cc
+// `nix-store --import` (docs/protocol.md §5.1; src/libstore/export-import.cc
 // in Nix 2.8.0). The same stream is the payload of the serve protocol's
 // ImportPaths (client to server) and ExportPaths (server to client) commands,
 // and of the single-path ImportPaths that old clients use instead of

@@ -1,7 +1,7 @@
 // Package hash holds the hash algorithms Nix uses (md5, sha1, sha256,
 // sha512) and every text form Nix reads and prints them in: base16, nix32,
 // base64 and SRI, with or without the "algo:" prefix
-// (store-format.md §1.1; src/libutil/hash.cc).
+// (docs/store.md §1.1; src/libutil/hash.cc).
 package hash
 
 import (

@@ -1,5 +1,5 @@
 // Package nar reads and writes Nix archives (NAR), the serialisation Nix
-// uses to hash, copy and store file system objects (store-format.md §3).
+// uses to hash, copy and store file system objects (docs/store.md §3).
 //
 // The package owns the byte format and the three ways of getting between a
 // NAR and a file system:
@@ -18,7 +18,7 @@
 // it in a bufio.Reader.
 //
 // Parsing follows the strict grammar of current Nix rather than the lenient
-// 2.8.0 parser (store-format.md §3.5): tokens must come in the exact order
+// 2.8.0 parser (docs/store.md §3.5): tokens must come in the exact order
 // Nix writes them, directory entries must be strictly increasing bytewise,
 // padding must be zero, and names, symlink targets and nesting depth are
 // bounded (see [MaxNameLen], [MaxTargetLen], [MaxDepth]). No archive written

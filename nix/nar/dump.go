@@ -48,7 +48,7 @@ var (
 	dumpBufPool = sync.Pool{New: func() any { b := make([]byte, dumpBufSize); return &b }}
 )
 
-// NAR token sequences Dump writes whole (store-format.md §3.2).
+// NAR token sequences Dump writes whole (docs/store.md §3.2).
 var (
 	tokMagic      = tokens(magic)
 	tokRegular    = tokens("(", "type", "regular", "contents")

@@ -128,7 +128,7 @@ func checkTarget(target string) string {
 	return ""
 }
 
-// NAR tokens (store-format.md §3.2).
+// NAR tokens (docs/store.md §3.2).
 const (
 	magic = "nix-archive-1"
 )

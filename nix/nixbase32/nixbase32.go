@@ -3,7 +3,7 @@
 // little-endian number and printed most significant digit first.
 //
 // It is the encoding of store-path hash parts and of the hashes Nix prints
-// by default (store-format.md §1.2; src/libutil/hash.cc printHash32).
+// by default (docs/store.md §1.2; src/libutil/hash.cc printHash32).
 package nixbase32
 
 import (

@@ -1,5 +1,5 @@
 // Package refscan finds which store paths a byte stream refers to, the way
-// Nix discovers the references of a build output (store-format.md §7.2;
+// Nix discovers the references of a build output (docs/store.md §7.2;
 // RefScanSink in src/libstore/references.cc of Nix 2.8.0).
 //
 // The input is normally the NAR serialisation of an output, so file names

@@ -56,7 +56,7 @@ func TestScan(t *testing.T) {
 	}{
 		{"in store path", "/nix/store/" + h1 + "-foo\n", []string{h1}},
 		{"embedded anywhere", "abc" + h1 + "xyz", []string{h1}},
-		// The case from store-format.md §7.2: two hashes inside one long run.
+		// The case from docs/store.md §7.2: two hashes inside one long run.
 		{"adjacent in a run", "abc" + h1 + "xyz" + h2 + "abc", []string{h1, h2}},
 		{"overlapping candidates", h1 + h2[:16], []string{h1, h3}},
 		{"all three", h1 + "xy" + h2 + " " + h3, []string{h1, h2, h3}},

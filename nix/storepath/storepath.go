@@ -1,6 +1,6 @@
 // Package storepath owns the syntax of Nix store paths and every way Nix
 // computes one: text paths, source paths (with references and self),
-// fixed-output paths and derivation outputs (store-format.md §1.4 and §2;
+// fixed-output paths and derivation outputs (docs/store.md §1.4 and §2;
 // src/libstore/path.cc and store-api.cc).
 //
 // A Path is a validated absolute path such as

@@ -16,7 +16,7 @@ func mustHash(t *testing.T, s string) hash.Hash {
 	return h
 }
 
-// The worked examples of store-format.md §2.5, verified with Nix 2.8.0.
+// The worked examples of docs/store.md §2.5, verified with Nix 2.8.0.
 func TestWorkedExamples(t *testing.T) {
 	narHello := mustHash(t, "sha256:1c37d01af40be2e80691de3cc3df44377a699afbb17c68f080964b2fd071fc13")
 	flatHello := hash.SumString(hash.SHA256, "hello\n")

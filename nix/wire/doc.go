@@ -1,5 +1,5 @@
 // Package wire owns the primitive encodings shared by Nix's serve protocol,
-// the export stream and NAR (serve-protocol.md §1; src/libutil/serialise.cc in
+// the export stream and NAR (docs/protocol.md §1; src/libutil/serialise.cc in
 // Nix 2.8.0):
 //
 //   - an integer of any type is 8 bytes, unsigned, little-endian;

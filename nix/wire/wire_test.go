@@ -20,7 +20,7 @@ func unhex(t testing.TB, s string) []byte {
 	return b
 }
 
-// The handshake bytes seen on the wire from Nix 2.8.0 (serve-protocol.md §2.2).
+// The handshake bytes seen on the wire from Nix 2.8.0 (docs/protocol.md §2.2).
 func TestHandshakeBytes(t *testing.T) {
 	var buf bytes.Buffer
 	w := NewWriter(&buf)
@@ -45,7 +45,7 @@ func TestHandshakeBytes(t *testing.T) {
 	}
 }
 
-// The QueryValidPaths reply shape from serve-protocol.md §3.1: a count, then
+// The QueryValidPaths reply shape from docs/protocol.md §3.1: a count, then
 // 47-byte paths with 1 byte of padding each.
 func TestStringSetLayout(t *testing.T) {
 	paths := []string{

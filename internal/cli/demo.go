@@ -11,6 +11,7 @@ import (
 
 	"ferry/examples"
 	"ferry/internal/localstore"
+	"ferry/internal/localserve"
 	"ferry/internal/serve"
 	"ferry/internal/settings"
 	"ferry/nix/derivation"
@@ -80,13 +81,13 @@ func runDemo(ctx context.Context, e *Env, localRoot, remoteRoot string) ([]demoR
 	clientIn, fromServer := io.Pipe()
 	served := make(chan error, 1)
 	go func() {
-		err := serve.NewServer(serve.NewLocalBackend(remote, serve.NewLocalBuilder(remote, conf, nil)),
+		err := serve.NewServer(localserve.NewBackend(remote, conf, nil),
 			&serve.Options{Write: true, Log: prefixWriter(e.Stderr, "remote> ")}).Serve(ctx, toServer, fromServer)
 		fromServer.CloseWithError(fmt.Errorf("server ended: %v", err))
 		toServer.Close()
 		served <- err
 	}()
-	client, err := serve.NewClient(clientIn, clientOut, storepath.DefaultDir)
+	client, err := serve.NewClient(ctx, clientIn, clientOut, storepath.DefaultDir, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -171,7 +172,7 @@ func demoBuild(ctx context.Context, c *serve.Client, local *localstore.Store, dr
 	if err != nil {
 		return nil, err
 	}
-	have, err := c.QueryValidPaths(closure, true, false)
+	have, err := c.QueryValidPaths(ctx, closure, true, false)
 	if err != nil {
 		return nil, err
 	}
@@ -190,11 +191,11 @@ func demoBuild(ctx context.Context, c *serve.Client, local *localstore.Store, dr
 		}
 		pr, pw := io.Pipe()
 		go func() { pw.CloseWithError(local.NarFromPath(ctx, p, pw)) }()
-		if err := c.AddToStoreNar(info, pr); err != nil {
+		if err := c.AddToStoreNar(ctx, info, pr); err != nil {
 			return nil, fmt.Errorf("send %s: %w", p, err)
 		}
 	}
-	res, err := c.BuildDerivation(drvPath, basic, nil)
+	res, err := c.BuildDerivation(ctx, drvPath, basic, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -206,7 +207,7 @@ func demoBuild(ctx context.Context, c *serve.Client, local *localstore.Store, dr
 	for _, p := range outs {
 		paths = append(paths, p)
 	}
-	infos, err := c.QueryPathInfos(paths)
+	infos, err := c.QueryPathInfos(ctx, paths)
 	if err != nil {
 		return nil, err
 	}
@@ -218,7 +219,7 @@ func demoBuild(ctx context.Context, c *serve.Client, local *localstore.Store, dr
 			pr.CloseWithError(err)
 			added <- err
 		}()
-		err := c.DumpStorePath(info.Path, pw)
+		err := c.DumpStorePath(ctx, info.Path, pw)
 		pw.CloseWithError(err)
 		if aerr := <-added; err == nil {
 			err = aerr

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 
+	"ferry/internal/localserve"
 	"ferry/internal/serve"
 	"ferry/internal/settings"
 )
@@ -60,7 +61,6 @@ func runServe(ctx context.Context, e *Env, write bool) error {
 		autoGC = auto.Check
 		defer auto.Wait() // before the store closes
 	}
-	b := serve.NewLocalBuilder(st, conf, autoGC)
 	// serve.Main buffers both directions itself and flushes after each reply.
-	return serve.Main(ctx, serve.NewLocalBackend(st, b), e.Stdin, e.Stdout, &serve.Options{Write: write, Log: e.Stderr})
+	return serve.Main(ctx, localserve.NewBackend(st, conf, autoGC), e.Stdin, e.Stdout, &serve.Options{Write: write, Log: e.Stderr})
 }

@@ -50,7 +50,7 @@ type Batch struct {
 }
 
 // NewBatch starts an empty batch.
-func (s *Store) NewBatch() *Batch {
+func (s *Store) NewBatch() store.Batch {
 	return &Batch{s: s, pend: map[storepath.Path]*pending{}, valid: map[storepath.Path]bool{}}
 }
 

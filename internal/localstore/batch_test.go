@@ -48,7 +48,7 @@ func TestBatch(t *testing.T) {
 	data, info := narInfo(base, "base")
 	fatalIf(t, s.AddToStoreNar(ctx, info, bytes.NewReader(data)))
 
-	b := s.NewBatch()
+	b := s.NewBatch().(*Batch)
 	prev := base
 	var paths []storepath.Path
 	for i := range 5 {
@@ -103,7 +103,7 @@ func TestBatch(t *testing.T) {
 
 	// Discard: nothing registered, nothing left.
 	s = openStore(t, root)
-	b = s.NewBatch()
+	b = s.NewBatch().(*Batch)
 	p := fakePath("batch-discard", "discard")
 	data, info = narInfo(p, "discard me")
 	fatalIf(t, b.Add(ctx, info, bytes.NewReader(data)))

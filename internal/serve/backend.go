@@ -12,27 +12,16 @@ import (
 	"ferry/store"
 )
 
-// Backend is the store a Server serves. Everything but building is plain
-// store.Store; NewStoreBackend turns any store with temp roots into a Backend.
+// Backend is the store a Server serves: a store.Store that can add temp
+// roots, compute closures and build. NewStoreBackend turns any store with
+// temp roots into a Backend. A Backend that is also a store.Importer or a
+// store.Batcher is used as one (ImportPaths, the AddToStoreNar commands of a
+// copy).
 type Backend interface {
 	store.Store
 	store.TempRooter
-	// QueryClosure returns the closure of paths under references
-	// (computeFSClosure, paths included) and, with includeOutputs, the valid
-	// outputs of every derivation in it together with their closures. An
-	// invalid path among paths is an error wrapping store.ErrNotValid.
-	QueryClosure(ctx context.Context, paths []storepath.Path, includeOutputs bool) ([]storepath.Path, error)
-	// BuildDerivation builds drv, a BasicDerivation received in memory
-	// (no InputDrvs; its .drv file need not exist) whose store path would
-	// be drvPath. Its input sources must be valid. Builder output goes to
-	// log. A build that fails returns a result with a failure status; an
-	// error means the session must end. Cancelling ctx kills the build.
-	BuildDerivation(ctx context.Context, drvPath storepath.Path, drv *derivation.Derivation, settings *store.BuildSettings, log io.Writer) (*store.BuildResult, error)
-	// BuildPaths realises paths (derivations present in the store with the
-	// outputs wanted, or opaque paths that must be valid) and returns one
-	// result per path. An error is reported to the client in band
-	// (BuildPaths' exit status 1 and message), not as a session error.
-	BuildPaths(ctx context.Context, paths []DerivedPath, settings *store.BuildSettings, log io.Writer) ([]*store.BuildResult, error)
+	store.Closurer
+	store.Builder
 }
 
 // RootedStore is a store that can add temp roots: what NewStoreBackend needs.
@@ -41,29 +30,44 @@ type RootedStore interface {
 	store.TempRooter
 }
 
-// Builder builds derivations for a Backend made by NewStoreBackend; it has
-// Backend's two build methods.
-type Builder interface {
-	BuildDerivation(ctx context.Context, drvPath storepath.Path, drv *derivation.Derivation, settings *store.BuildSettings, log io.Writer) (*store.BuildResult, error)
-	BuildPaths(ctx context.Context, paths []DerivedPath, settings *store.BuildSettings, log io.Writer) ([]*store.BuildResult, error)
-}
-
 // ErrNoBuilder is returned for build commands by a Backend without a Builder.
 var ErrNoBuilder = errors.New("building is not supported by this store")
 
-// NewStoreBackend makes a Backend of st: QueryClosure is computed from path
-// infos (Closure) and builds go to b, or fail with ErrNoBuilder if b is nil.
-// The Backend is safe for concurrent use if st and b are.
-func NewStoreBackend(st RootedStore, b Builder) Backend {
+// NewStoreBackend makes a Backend of st: QueryClosure is st's own if st is
+// a store.Closurer, else computed from path infos (Closure), and builds go
+// to b, or fail with ErrNoBuilder if b is nil. The Backend is safe for
+// concurrent use if st and b are.
+func NewStoreBackend(st RootedStore, b store.Builder) Backend {
 	return &storeBackend{RootedStore: st, b: b}
 }
 
 type storeBackend struct {
 	RootedStore
-	b Builder
+	b store.Builder
+}
+
+// Unwrap returns the store the Backend was made of, so that the Server finds
+// its optional capabilities (store.Importer, store.Batcher).
+func (s *storeBackend) Unwrap() store.Store { return s.RootedStore }
+
+// capability returns b's implementation of T, looking through
+// NewStoreBackend's wrapper.
+func capability[T any](b Backend) (T, bool) {
+	if t, ok := b.(T); ok {
+		return t, true
+	}
+	if w, ok := b.(interface{ Unwrap() store.Store }); ok {
+		t, ok := w.Unwrap().(T)
+		return t, ok
+	}
+	var zero T
+	return zero, false
 }
 
 func (s *storeBackend) QueryClosure(ctx context.Context, paths []storepath.Path, includeOutputs bool) ([]storepath.Path, error) {
+	if c, ok := s.RootedStore.(store.Closurer); ok {
+		return c.QueryClosure(ctx, paths, includeOutputs)
+	}
 	return Closure(ctx, s.RootedStore, paths, includeOutputs)
 }
 

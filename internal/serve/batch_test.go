@@ -19,7 +19,7 @@ func batchSession(t *testing.T) (*testClient, *localstore.Store) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	return startSession(t, NewLocalBackend(st, nil), &Options{Write: true}, Version), st
+	return startSession(t, NewStoreBackend(st, nil), &Options{Write: true}, Version), st
 }
 
 func (c *testClient) queryValid(paths ...storepath.Path) []storepath.Path {

@@ -55,7 +55,7 @@ func BenchmarkCopySmallPaths(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		c := startSession(b, NewLocalBackend(st, nil), &Options{Write: true}, Version)
+		c := startSession(b, NewStoreBackend(st, nil), &Options{Write: true}, Version)
 		b.StartTimer()
 		WriteCommand(c.w, CmdQueryValidPaths)
 		WriteQueryValidPaths(c.w, &QueryValidPathsRequest{Paths: paths})

@@ -2,12 +2,18 @@ package serve
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"sort"
+	"sync"
+	"sync/atomic"
+	"syscall"
 
 	"ferry/nix/derivation"
+	"ferry/nix/export"
 	"ferry/nix/nar"
 	"ferry/nix/storepath"
 	"ferry/nix/wire"
@@ -15,30 +21,80 @@ import (
 )
 
 // Client is the client end of one serve session (the role of Nix's
-// LegacySSHStore): it speaks to a server on r and w, which are normally a
-// remote `ferry serve` or `nix-store --serve` over ssh. A Client is not
-// safe for concurrent use: the protocol has one command in flight.
+// LegacySSHStore, 2.8.0:src/libstore/legacy-ssh-store.cc): it speaks to a
+// server on r and w, which are normally a remote `ferry serve` or
+// `nix-store --serve` over ssh.
+//
+// Unlike Nix's client, the bulk operations (AddToStoreNars, ImportPaths,
+// DumpStorePaths) pipeline: every request goes out without waiting for the
+// reply to the one before, while a reader collects the replies, so a copy
+// of any number of paths costs one round trip. The protocol itself has no
+// request ids, but the server answers in order, which is all pipelining
+// needs.
+//
+// A Client is safe for concurrent use: calls are serialised, one exchange
+// at a time.
 type Client struct {
+	mu      sync.Mutex // serialises exchanges; guards r, w
 	r       *wire.Reader
 	w       *wire.Writer
 	dir     storepath.Dir
 	version uint64 // the server's version word
+	closer  io.Closer
+	trace   func(format string, args ...any)
+	waits   atomic.Int64
+	broken  error // set when an exchange failed midway; guarded by mu
 }
 
-// NewClient performs the handshake, advertising Version, and returns the
-// client. dir is the store directory (storepath.DefaultDir normally).
-func NewClient(r io.Reader, w io.Writer, dir storepath.Dir) (*Client, error) {
-	c := &Client{r: wire.NewReader(bufio.NewReaderSize(r, 1<<16)), w: wire.NewWriter(w), dir: dir}
-	v, err := ClientHandshake(c.r, c.w, Version)
+// ClientOptions configures a Client. A nil *ClientOptions means defaults.
+type ClientOptions struct {
+	// Closer, if not nil, is closed when a call's context is cancelled, to
+	// unblock the call (normally the connection: the ssh process's pipes).
+	Closer io.Closer
+	// Version is the version word the client advertises; zero means
+	// Version (2.7). Tests use it to act as an older client.
+	Version uint64
+	// Trace, if not nil, is told of each protocol step (ferry -v).
+	Trace func(format string, args ...any)
+}
+
+// NewClient performs the handshake and returns the client. dir is the store
+// directory (storepath.DefaultDir normally). Cancelling ctx during the
+// handshake closes opts.Closer.
+func NewClient(ctx context.Context, r io.Reader, w io.Writer, dir storepath.Dir, opts *ClientOptions) (*Client, error) {
+	if opts == nil {
+		opts = &ClientOptions{}
+	}
+	c := &Client{r: wire.NewReader(bufio.NewReaderSize(r, 1<<16)), w: wire.NewWriterSize(w, 1<<16), dir: dir, closer: opts.Closer, trace: opts.Trace}
+	version := opts.Version
+	if version == 0 {
+		version = Version
+	}
+	defer c.watch(ctx)()
+	c.waits.Add(1)
+	v, err := ClientHandshake(c.r, c.w, version)
 	if err != nil {
-		return nil, err
+		return nil, c.ctxErr(ctx, err)
 	}
 	c.version = v
+	c.tracef("handshake: server speaks protocol %d.%d", Major(v)>>8, Minor(v))
 	return c, nil
 }
 
 // ServerVersion is the version word the server sent.
 func (c *Client) ServerVersion() uint64 { return c.version }
+
+// Dir is the store directory the client parses paths in.
+func (c *Client) Dir() storepath.Dir { return c.dir }
+
+// Waits counts the times the client has waited for a reply it needed
+// before it could go on: the round trips it has paid, handshake included.
+// A pipelined operation counts once, however many requests it sent.
+func (c *Client) Waits() int { return int(c.waits.Load()) }
+
+// HasAddToStoreNar reports whether the server has AddToStoreNar (proto >=
+// 2.5); older servers take copies as ImportPaths.
+func (c *Client) HasAddToStoreNar() bool { return c.minor() >= 5 }
 
 // minor is the protocol minor the client uses: Nix 2.8's client gates on
 // the server's minor (docs/protocol.md §2.3), capped at ours.
@@ -51,113 +107,402 @@ func (c *Client) minor() uint64 {
 
 func (c *Client) effectiveVersion() uint64 { return 0x200 | c.minor() }
 
+func (c *Client) tracef(format string, args ...any) {
+	if c.trace != nil {
+		c.trace(format, args...)
+	}
+}
+
+// watch closes the connection if ctx is cancelled before the returned
+// function is called.
+func (c *Client) watch(ctx context.Context) (stop func()) {
+	if c.closer == nil {
+		return func() {}
+	}
+	s := context.AfterFunc(ctx, func() { c.closer.Close() })
+	return func() { s() }
+}
+
+// ctxErr prefers the context's error to the I/O error its cancellation
+// caused.
+func (c *Client) ctxErr(ctx context.Context, err error) error {
+	if err != nil && ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return err
+}
+
+// exchange runs one request and its reply: send writes the request,
+// which is flushed; recv reads the reply. Any error leaves the session out
+// of step, so every later call fails with it.
+func (c *Client) exchange(ctx context.Context, what string, send func() error, recv func() error) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.broken != nil {
+		return fmt.Errorf("%s: session ended earlier: %w", what, c.broken)
+	}
+	defer c.watch(ctx)()
+	c.tracef("%s", what)
+	err := send()
+	if err == nil {
+		err = c.w.Flush()
+	}
+	if err == nil {
+		c.waits.Add(1)
+		err = recv()
+	}
+	if err != nil {
+		err = c.ctxErr(ctx, err)
+		c.broken = err
+		return err
+	}
+	return nil
+}
+
 // QueryValidPaths asks which of paths are valid; with lock the server
-// temp-roots them for the rest of the session.
-func (c *Client) QueryValidPaths(paths []storepath.Path, lock, substitute bool) ([]storepath.Path, error) {
-	if err := WriteCommand(c.w, CmdQueryValidPaths); err != nil {
-		return nil, err
-	}
-	if err := WriteQueryValidPaths(c.w, &QueryValidPathsRequest{Lock: lock, Substitute: substitute, Paths: paths}); err != nil {
-		return nil, err
-	}
-	if err := c.w.Flush(); err != nil {
-		return nil, err
-	}
-	return ReadPathSet(c.r, c.dir)
+// temp-roots them for the rest of the session (nix-store --serve does so
+// only with --write, which every ssh store passes).
+func (c *Client) QueryValidPaths(ctx context.Context, paths []storepath.Path, lock, substitute bool) ([]storepath.Path, error) {
+	var valid []storepath.Path
+	err := c.exchange(ctx, fmt.Sprintf("QueryValidPaths lock=%v: %d paths", lock, len(paths)), func() error {
+		WriteCommand(c.w, CmdQueryValidPaths)
+		return WriteQueryValidPaths(c.w, &QueryValidPathsRequest{Lock: lock, Substitute: substitute, Paths: paths})
+	}, func() (err error) {
+		valid, err = ReadPathSet(c.r, c.dir)
+		return err
+	})
+	return valid, err
 }
 
-// QueryPathInfos returns the infos of the valid ones among paths.
-func (c *Client) QueryPathInfos(paths []storepath.Path) ([]*store.PathInfo, error) {
-	if err := WriteCommand(c.w, CmdQueryPathInfos); err != nil {
-		return nil, err
-	}
-	if err := WritePathSet(c.w, paths); err != nil {
-		return nil, err
-	}
-	if err := c.w.Flush(); err != nil {
-		return nil, err
-	}
+// QueryPathInfos returns the infos of the valid ones among paths, sorted
+// by path as the server sends them.
+func (c *Client) QueryPathInfos(ctx context.Context, paths []storepath.Path) ([]*store.PathInfo, error) {
 	var infos []*store.PathInfo
-	for {
-		info, err := ReadPathInfo(c.r, c.dir, c.effectiveVersion())
-		if err != nil {
-			return nil, err
+	err := c.exchange(ctx, fmt.Sprintf("QueryPathInfos: %d paths", len(paths)), func() error {
+		WriteCommand(c.w, CmdQueryPathInfos)
+		return WritePathSet(c.w, paths)
+	}, func() error {
+		for {
+			info, err := ReadPathInfo(c.r, c.dir, c.effectiveVersion())
+			if err != nil {
+				return err
+			}
+			if info == nil {
+				return nil
+			}
+			if len(infos) >= MaxPaths {
+				return fmt.Errorf("read path infos: more than %d: %w", MaxPaths, wire.ErrTooLong)
+			}
+			infos = append(infos, info)
 		}
-		if info == nil {
-			return infos, nil
-		}
-		infos = append(infos, info)
-	}
+	})
+	return infos, err
 }
 
-// DumpStorePath copies the NAR of a valid path to w. The NAR is not
-// length-prefixed on the wire, so it is delimited by parsing it.
-func (c *Client) DumpStorePath(p storepath.Path, w io.Writer) error {
-	if err := WriteCommand(c.w, CmdDumpStorePath); err != nil {
+// QueryClosure returns the closure of paths on the server (with
+// includeOutputs, also the valid outputs of the derivations in it).
+func (c *Client) QueryClosure(ctx context.Context, paths []storepath.Path, includeOutputs bool) ([]storepath.Path, error) {
+	var closure []storepath.Path
+	err := c.exchange(ctx, fmt.Sprintf("QueryClosure: %d paths", len(paths)), func() error {
+		WriteCommand(c.w, CmdQueryClosure)
+		return WriteQueryClosure(c.w, includeOutputs, paths)
+	}, func() (err error) {
+		closure, err = ReadPathSet(c.r, c.dir)
 		return err
-	}
-	if err := WritePath(c.w, p); err != nil {
+	})
+	return closure, err
+}
+
+// DumpStorePath copies the NAR of a valid path to w.
+func (c *Client) DumpStorePath(ctx context.Context, p storepath.Path, w io.Writer) error {
+	return c.DumpStorePaths(ctx, []storepath.Path{p}, func(_ storepath.Path, r io.Reader) error {
+		_, err := io.Copy(w, r)
 		return err
+	})
+}
+
+// DumpStorePaths asks for the NARs of paths all at once and calls fn with
+// each in turn; fn must read it to its end. The NARs are not
+// length-prefixed on the wire, so each is delimited by parsing it.
+// A path the server does not have ends the session (Nix's server fails).
+func (c *Client) DumpStorePaths(ctx context.Context, paths []storepath.Path, fn func(p storepath.Path, nar io.Reader) error) error {
+	return c.exchange(ctx, fmt.Sprintf("DumpStorePath: %d paths, pipelined", len(paths)), func() error {
+		for _, p := range paths {
+			WriteCommand(c.w, CmdDumpStorePath)
+			if err := WritePath(c.w, p); err != nil {
+				return err
+			}
+		}
+		return nil
+	}, func() error {
+		for _, p := range paths {
+			if err := readNAR(c.r, p, fn); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// readNAR hands fn the one NAR at the head of r, read no further than its
+// end: a goroutine parses it as it passes to fn through a pipe.
+func readNAR(r io.Reader, p storepath.Path, fn func(storepath.Path, io.Reader) error) error {
+	pr, pw := io.Pipe()
+	parsed := make(chan error, 1)
+	go func() {
+		err := delimitNAR(io.TeeReader(r, pw))
+		if err != nil {
+			err = fmt.Errorf("read NAR of %s: %w", p, err)
+		}
+		pw.CloseWithError(err)
+		parsed <- err
+	}()
+	ferr := fn(p, pr)
+	if ferr == nil {
+		// fn must have read to the end; make sure the parser is done.
+		if n, _ := io.Copy(io.Discard, pr); n > 0 {
+			ferr = fmt.Errorf("read NAR of %s: %d bytes left unread", p, n)
+		}
 	}
-	if err := c.w.Flush(); err != nil {
-		return err
+	pr.CloseWithError(errors.New("NAR consumer returned"))
+	perr := <-parsed
+	if perr != nil {
+		return perr
 	}
-	nr := nar.NewReader(io.TeeReader(c.r, w))
+	return ferr
+}
+
+// delimitNAR reads one NAR from r to its end.
+func delimitNAR(r io.Reader) error {
+	nr := nar.NewReader(r)
+	buf := make([]byte, 1<<20)
 	for {
 		_, err := nr.Next()
 		if errors.Is(err, io.EOF) {
 			return nil
 		}
 		if err != nil {
-			return fmt.Errorf("dump %s: %w", p, err)
+			return err
 		}
-		if _, err := io.Copy(io.Discard, nr); err != nil {
-			return fmt.Errorf("dump %s: %w", p, err)
+		if _, err := io.CopyBuffer(onlyWriter{io.Discard}, nr, buf); err != nil {
+			return err
 		}
 	}
 }
 
-// AddToStoreNar uploads one path (proto >= 2.5); its references must be
-// valid on the server already.
-func (c *Client) AddToStoreNar(info *store.PathInfo, narData io.Reader) error {
-	if c.minor() < 5 {
-		return fmt.Errorf("add %s: server protocol %#x has no AddToStoreNar", info.Path, c.version)
-	}
-	if err := WriteCommand(c.w, CmdAddToStoreNar); err != nil {
+// onlyWriter hides ReadFrom so io.CopyBuffer uses the given buffer.
+type onlyWriter struct{ io.Writer }
+
+// AddToStoreNar uploads one path (proto >= 2.5) and waits for the server
+// to accept it; its references must be valid on the server already.
+func (c *Client) AddToStoreNar(ctx context.Context, info *store.PathInfo, narData io.Reader) error {
+	return c.AddToStoreNars(ctx, []*store.PathInfo{info}, func(_ context.Context, _ *store.PathInfo, w io.Writer) error {
+		_, err := io.Copy(w, narData)
 		return err
+	}, nil)
+}
+
+// AddToStoreNars uploads infos in order (proto >= 2.5), one AddToStoreNar
+// each, without waiting between them; a reader collects the replies and
+// calls added (if not nil) as the server accepts each path. nars writes
+// each path's NAR, which must be exactly info.NarSize bytes.
+//
+// infos must be in topological order. Nix's servers (2.8 and ferry) check
+// a path's references when it arrives, so an earlier path of the same
+// pipeline counts as valid.
+func (c *Client) AddToStoreNars(ctx context.Context, infos []*store.PathInfo, nars store.NarSource, added func(*store.PathInfo)) error {
+	if !c.HasAddToStoreNar() {
+		return fmt.Errorf("add paths: server protocol %#x has no AddToStoreNar", c.version)
 	}
-	if err := WriteAddToStoreNar(c.w, info); err != nil {
-		return err
+	return c.pipeline(ctx, fmt.Sprintf("AddToStoreNar: %d paths, pipelined", len(infos)), func() error {
+		for _, info := range infos {
+			WriteCommand(c.w, CmdAddToStoreNar)
+			if err := WriteAddToStoreNar(c.w, info); err != nil {
+				return err
+			}
+			if err := writeSized(ctx, c.w, info, nars); err != nil {
+				return err
+			}
+		}
+		return nil
+	}, func() error {
+		for _, info := range infos {
+			if err := readAck(c.r, "add "+string(info.Path)); err != nil {
+				return err
+			}
+			if added != nil {
+				added(info)
+			}
+		}
+		return nil
+	})
+}
+
+// ImportPaths uploads infos as one export stream (ImportPaths, what
+// servers older than 2.5 take); the server imports them all before its one
+// reply, so added is called for every path at the end.
+func (c *Client) ImportPaths(ctx context.Context, infos []*store.PathInfo, nars store.NarSource, added func(*store.PathInfo)) error {
+	return c.pipeline(ctx, fmt.Sprintf("ImportPaths: %d paths", len(infos)), func() error {
+		WriteCommand(c.w, CmdImportPaths)
+		ew := export.NewWriter(c.w)
+		for _, info := range infos {
+			if err := ew.StartPath(); err != nil {
+				return err
+			}
+			if err := writeSized(ctx, ew, info, nars); err != nil {
+				return err
+			}
+			if err := ew.FinishPath(&export.Info{Path: info.Path, References: info.References, Deriver: info.Deriver}); err != nil {
+				return err
+			}
+		}
+		return ew.Close()
+	}, func() error {
+		if err := readAck(c.r, "import paths"); err != nil {
+			return err
+		}
+		if added != nil {
+			for _, info := range infos {
+				added(info)
+			}
+		}
+		return nil
+	})
+}
+
+// pipeline runs send and recv at once: send writes a stream of requests
+// (flushed at the end) while recv reads their replies.
+func (c *Client) pipeline(outer context.Context, what string, send, recv func() error) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.broken != nil {
+		return fmt.Errorf("%s: session ended earlier: %w", what, c.broken)
 	}
-	if _, err := io.Copy(c.w, narData); err != nil {
-		return err
+	ctx, cancel := context.WithCancel(outer)
+	defer cancel()
+	defer c.watch(ctx)()
+	c.tracef("%s", what)
+	c.waits.Add(1)
+	sent := make(chan error, 1)
+	go func() {
+		err := send()
+		if err == nil {
+			err = c.w.Flush()
+		}
+		if err != nil {
+			// The server will not answer what it never got: stop the
+			// reader by closing the connection.
+			cancel()
+		}
+		sent <- err
+	}()
+	rerr := recv()
+	if rerr != nil {
+		cancel() // unblock a writer stuck on a server that stopped reading
 	}
-	return c.w.Flush()
+	serr := <-sent
+	var err error
+	switch {
+	case outer.Err() != nil && (rerr != nil || serr != nil):
+		err = outer.Err()
+	case serr != nil && !isConnErr(serr):
+		// The writer's own failure (a source that could not be read) is
+		// the cause; the reader only saw the connection go.
+		err = serr
+	case rerr != nil:
+		err = rerr
+	default:
+		err = serr
+	}
+	if err != nil {
+		c.broken = err
+	}
+	return err
+}
+
+// isConnErr reports whether err is what writing to a connection that was
+// closed (by the other end, or by us to stop the reader) gives.
+func isConnErr(err error) bool {
+	return errors.Is(err, context.Canceled) || errors.Is(err, io.ErrClosedPipe) || errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, os.ErrClosed) || errors.Is(err, io.EOF)
+}
+
+// writeSized writes info's NAR from nars to w and checks that it was
+// exactly info.NarSize bytes: anything else puts the session out of step.
+func writeSized(ctx context.Context, w io.Writer, info *store.PathInfo, nars store.NarSource) error {
+	cw := &sizeWriter{w: w, max: info.NarSize}
+	if err := nars(ctx, info, cw); err != nil {
+		return fmt.Errorf("send %s: %w", info.Path, err)
+	}
+	if cw.n != info.NarSize {
+		return fmt.Errorf("send %s: NAR is %d bytes, its info says %d", info.Path, cw.n, info.NarSize)
+	}
+	return nil
+}
+
+type sizeWriter struct {
+	w      io.Writer
+	n, max uint64
+}
+
+func (s *sizeWriter) Write(p []byte) (int, error) {
+	if s.n+uint64(len(p)) > s.max {
+		return 0, fmt.Errorf("NAR is longer than its info's %d bytes", s.max)
+	}
+	n, err := s.w.Write(p)
+	s.n += uint64(n)
+	return n, err
+}
+
+// readAck reads the 1 with which the server accepts an upload.
+func readAck(r *wire.Reader, what string) error {
+	v, err := r.ReadInt()
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, wire.NoEOF(err))
+	}
+	if v != 1 {
+		return fmt.Errorf("%s: server replied %d, not 1", what, v)
+	}
+	return nil
 }
 
 // BuildDerivation builds a BasicDerivation (no input derivations: their
 // needed outputs are among its input sources) that the server need not
 // have as a .drv file.
-func (c *Client) BuildDerivation(drvPath storepath.Path, drv *derivation.Derivation, s *store.BuildSettings) (*BuildResult, error) {
-	if err := WriteCommand(c.w, CmdBuildDerivation); err != nil {
-		return nil, err
-	}
-	if err := WritePath(c.w, drvPath); err != nil {
-		return nil, err
-	}
-	if err := WriteBasicDerivation(c.w, drv); err != nil {
-		return nil, err
-	}
+func (c *Client) BuildDerivation(ctx context.Context, drvPath storepath.Path, drv *derivation.Derivation, s *store.BuildSettings) (*BuildResult, error) {
 	if s == nil {
 		s = &store.BuildSettings{}
 	}
-	if err := WriteBuildSettings(c.w, c.effectiveVersion(), s); err != nil {
-		return nil, err
+	var res *BuildResult
+	err := c.exchange(ctx, "BuildDerivation "+string(drvPath), func() error {
+		WriteCommand(c.w, CmdBuildDerivation)
+		WritePath(c.w, drvPath)
+		if err := WriteBasicDerivation(c.w, drv); err != nil {
+			return err
+		}
+		return WriteBuildSettings(c.w, c.effectiveVersion(), s)
+	}, func() (err error) {
+		res, err = ReadBuildResult(c.r, c.dir, c.effectiveVersion())
+		return err
+	})
+	return res, err
+}
+
+// BuildPaths asks the server to realise paths (derivations it holds, or
+// opaque paths it must have).
+func (c *Client) BuildPaths(ctx context.Context, paths []DerivedPath, s *store.BuildSettings) (*BuildPathsReply, error) {
+	if s == nil {
+		s = &store.BuildSettings{}
 	}
-	if err := c.w.Flush(); err != nil {
-		return nil, err
-	}
-	return ReadBuildResult(c.r, c.dir, c.effectiveVersion())
+	var rep *BuildPathsReply
+	err := c.exchange(ctx, fmt.Sprintf("BuildPaths: %d paths", len(paths)), func() error {
+		WriteCommand(c.w, CmdBuildPaths)
+		return WriteBuildPaths(c.w, c.effectiveVersion(), paths, s)
+	}, func() (err error) {
+		rep, err = ReadBuildPathsReply(c.r)
+		return err
+	})
+	return rep, err
 }
 
 // BasicDerivation turns a derivation into the BasicDerivation Nix sends:

@@ -56,7 +56,7 @@ func ferryServe(t *testing.T, root string, in []byte) ([]byte, error) {
 	}
 	defer st.Close()
 	var out bytes.Buffer
-	err = Main(context.Background(), NewLocalBackend(st, nil), bytes.NewReader(in), &out, &Options{Write: true})
+	err = Main(context.Background(), NewStoreBackend(st, nil), bytes.NewReader(in), &out, &Options{Write: true})
 	return out.Bytes(), err
 }
 

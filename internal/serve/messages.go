@@ -310,20 +310,8 @@ func WriteBuildSettings(w *wire.Writer, version uint64, s *store.BuildSettings) 
 	return stickyErr(w)
 }
 
-// DerivedPath is one element of a BuildPaths request: an opaque store path,
-// or a .drv path with the outputs wanted ("drv!out1,out2").
-type DerivedPath struct {
-	Path    storepath.Path
-	Outputs []string // nil for an opaque path
-}
-
-// String prints p as Nix's parsePathWithOutputs reads it.
-func (p DerivedPath) String() string {
-	if p.Outputs == nil {
-		return string(p.Path)
-	}
-	return string(p.Path) + "!" + strings.Join(p.Outputs, ",")
-}
+// DerivedPath is one element of a BuildPaths request (store.DerivedPath).
+type DerivedPath = store.DerivedPath
 
 // ParseDerivedPath parses "path" or "drvPath!out1,out2" (parsePathWithOutputs).
 func ParseDerivedPath(dir storepath.Dir, s string) (DerivedPath, error) {

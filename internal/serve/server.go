@@ -115,7 +115,7 @@ type session struct {
 	// batch holds the paths of a copy that were acknowledged but are not
 	// yet committed (see addToStoreNar); expected are the paths the last
 	// QueryValidPaths reported missing and that have not arrived yet.
-	batch    Batch
+	batch    store.Batch
 	expected map[storepath.Path]bool
 }
 
@@ -285,7 +285,7 @@ func (ss *session) importPaths() error {
 	if !ss.s.opts.Write {
 		return errors.New("importing paths is not allowed")
 	}
-	if imp, ok := ss.s.b.(Importer); ok {
+	if imp, ok := capability[store.Importer](ss.s.b); ok {
 		paths, err := imp.Import(ss.ctx, ss.br)
 		if err != nil {
 			return err
@@ -610,7 +610,7 @@ func (ss *session) addToStoreNar() error {
 		return err
 	}
 	nar := &io.LimitedReader{R: ss.br, N: int64(min(info.NarSize, 1<<62))}
-	batcher, _ := ss.s.b.(Batcher)
+	batcher, _ := capability[store.Batcher](ss.s.b)
 	if batcher != nil && ss.expected[info.Path] {
 		if ss.batch == nil {
 			ss.batch = batcher.NewBatch()

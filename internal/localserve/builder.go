@@ -1,4 +1,4 @@
-package serve
+package localserve
 
 import (
 	"context"
@@ -20,13 +20,13 @@ type localBuilder struct {
 	autoGC func(context.Context)
 }
 
-// NewLocalBuilder returns the Builder of a serve session over the local
+// NewBuilder returns the builder of a serve session over the local
 // store st: derivations are realised by internal/build with the machine's
 // settings s (nil means settings.Default()) and the limits each client
 // sends (docs/protocol.md §3.8), as Nix's opServe does. autoGC, if not
 // nil, is build.Options.AutoGC: the automatic collection of min-free and
 // max-free while builds run.
-func NewLocalBuilder(st *localstore.Store, s *settings.Settings, autoGC func(context.Context)) Builder {
+func NewBuilder(st *localstore.Store, s *settings.Settings, autoGC func(context.Context)) store.Builder {
 	if s == nil {
 		s = settings.Default()
 	}
@@ -49,7 +49,7 @@ func (b *localBuilder) BuildDerivation(ctx context.Context, drvPath storepath.Pa
 
 // BuildPaths mirrors cmdBuildPaths: each derivation present in the store
 // is realised with its dependencies; an opaque path must be valid.
-func (b *localBuilder) BuildPaths(ctx context.Context, paths []DerivedPath, bs *store.BuildSettings, log io.Writer) ([]*store.BuildResult, error) {
+func (b *localBuilder) BuildPaths(ctx context.Context, paths []store.DerivedPath, bs *store.BuildSettings, log io.Writer) ([]*store.BuildResult, error) {
 	results := make([]*store.BuildResult, 0, len(paths))
 	for _, p := range paths {
 		if p.Outputs == nil {

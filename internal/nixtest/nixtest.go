@@ -105,21 +105,6 @@ func Line(t testing.TB, name string, args ...string) string {
 	return strings.TrimSpace(string(Nix(t, nil, name, args...)))
 }
 
-// GoldenDir returns the directory of upstream's test fixtures
-// (shared/nix-golden beside the checkout), reached from a package
-// directory by rel, e.g. "../../../shared/nix-golden". Missing fixtures
-// skip the test, or fail it under CI.
-func GoldenDir(t testing.TB, rel string) string {
-	t.Helper()
-	if st, err := os.Stat(rel); err != nil || !st.IsDir() {
-		if InCI() {
-			t.Fatalf("golden fixtures missing at %s (CI=true)", rel)
-		}
-		t.Skipf("golden fixtures not found at %s", rel)
-	}
-	return rel
-}
-
 // Need skips the test when err (a missing prerequisite, such as working
 // namespaces) is non-nil, or fails it under CI.
 func Need(t testing.TB, err error) {

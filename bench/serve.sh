@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # bench/serve.sh: `ferry serve --write` against real `nix-store --serve
 # --write` as the remote end of a real Nix 2.8 `nix copy --to ssh://...`,
-# side by side in one run: N small paths (default 1,000) and one big path
-# (default 1 GiB). Prints both wall times and their ratio (nix / ferry: above
+# side by side in one run: N small paths (default 1,000), one mid-sized path
+# (default 256 MiB, which stays in the page cache) and one big path (default
+# 1 GiB). Prints both wall times and their ratio (nix / ferry: above
 # 1 means ferry is faster).
 #
-#   bench/serve.sh                      # 1,000 paths + 1 GiB, over a real sshd
-#   SIZE_MIB=256 N=500 bench/serve.sh
+#   bench/serve.sh                      # 1,000 paths + 256 MiB + 1 GiB, over a real sshd
+#   SIZE_MIB=2048 MID_MIB=64 N=500 bench/serve.sh
+#   MID_MIB=0 bench/serve.sh            # no mid-sized case
 #   TRANSPORT=local bench/serve.sh      # no ssh: Nix runs the remote program itself
 #   RUNS=1 FERRY=/path/to/ferry bench/serve.sh
 #
@@ -30,6 +32,7 @@ set -euo pipefail
 
 N=${N:-1000}
 SIZE_MIB=${SIZE_MIB:-1024}
+MID_MIB=${MID_MIB:-256}
 RUNS=${RUNS:-3}
 TRANSPORT=${TRANSPORT:-sshd}
 
@@ -96,7 +99,7 @@ EOF
 fi
 
 src="$tmp/src"
-echo "creating $N small paths and one ${SIZE_MIB} MiB path in $src..." >&2
+echo "creating $N small paths and paths of ${MID_MIB} and ${SIZE_MIB} MiB in $src..." >&2
 mkdir -p "$tmp/files"
 for ((i = 0; i < N; i++)); do
 	printf 'small path %d %s\n' "$i" "$(date +%N)" >"$tmp/files/s$i"
@@ -106,6 +109,12 @@ rm -rf "$tmp/files"
 head -c "$((SIZE_MIB << 20))" /dev/urandom >"$tmp/big"
 big=$(nix-store --store "$src" --add "$tmp/big")
 rm -f "$tmp/big"
+mid=
+if ((MID_MIB > 0)); then
+	head -c "$((MID_MIB << 20))" /dev/urandom >"$tmp/mid"
+	mid=$(nix-store --store "$src" --add "$tmp/mid")
+	rm -f "$tmp/mid"
+fi
 
 now() { date +%s.%N; }
 
@@ -165,8 +174,10 @@ copy_time nix-store $(echo "$small" | head -1) >/dev/null
 copy_time "$tmp/ferry" $(echo "$small" | head -1) >/dev/null
 
 pair small $small
+[[ -n $mid ]] && pair mid "$mid"
 pair big "$big"
 
-echo "nix copy --to ssh:// ($TRANSPORT), $(nix --version), $(nproc) CPUs"
+echo "nix copy --to ssh:// ($TRANSPORT), $(nix --version), $(nproc) CPUs, load $(cut -d" " -f1-3 /proc/loadavg)"
 report "$N small paths" "$nix_small" "$ferry_small"
+[[ -n $mid ]] && report "one ${MID_MIB} MiB path" "$nix_mid" "$ferry_mid"
 report "one ${SIZE_MIB} MiB path" "$nix_big" "$ferry_big"

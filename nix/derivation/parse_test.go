@@ -136,10 +136,8 @@ func TestParseUnsorted(t *testing.T) {
 }
 
 func fuzzSeeds(f *testing.F) {
-	files, _ := filepath.Glob("testdata/chain/*.drv")
-	more, _ := filepath.Glob(filepath.Join(goldenDir, "*.drv"))
-	mods, _ := filepath.Glob(filepath.Join(goldenDir, "hash-modulo", "*.drv"))
-	for _, p := range append(append(files, more...), mods...) {
+	files, _ := filepath.Glob("testdata/drv/*.drv")
+	for _, p := range files {
 		if data, err := os.ReadFile(p); err == nil {
 			f.Add(data)
 		}
@@ -169,11 +167,9 @@ func FuzzParse(f *testing.F) {
 }
 
 func FuzzParseJSON(f *testing.F) {
-	if data, err := os.ReadFile("testdata/chain-show.json"); err == nil {
-		f.Add(data)
-	}
-	for _, g := range []string{"simple-derivation.json", "hash-modulo/source-first.json", "invariants/filled-in-idempotent.json"} {
-		if data, err := os.ReadFile(filepath.Join(goldenDir, g)); err == nil {
+	files, _ := filepath.Glob("testdata/drv/*.drv.json")
+	for _, p := range append(files, "testdata/show-derivation.json") {
+		if data, err := os.ReadFile(p); err == nil {
 			f.Add(data)
 		}
 	}

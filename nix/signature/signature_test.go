@@ -282,11 +282,11 @@ func TestParseSignature(t *testing.T) {
 		t.Errorf("%v %v", s, err)
 	}
 	for in, want := range map[string]string{
-		"":            "no ':'",
-		"x":           "no ':'",
-		":AAAA":       "empty key name",
-		"k:AAAA":      "3 bytes, want 64",
-		"k:AA AA":     "invalid character in Base64 string: ' '",
+		"":                             "no ':'",
+		"x":                            "no ':'",
+		":AAAA":                        "empty key name",
+		"k:AAAA":                       "3 bytes, want 64",
+		"k:AA AA":                      "invalid character in Base64 string: ' '",
 		"k:" + strings.Repeat("A", 84): "63 bytes, want 64",
 	} {
 		_, err := ParseSignature(in)

@@ -70,7 +70,7 @@ func cmdBuild(ctx context.Context, e *Env, args []string) error {
 	if err := applyBuildFlags(fs, &f, s); err != nil {
 		return err
 	}
-	return withConfiguredStore(e, s, func(st *localstore.Store) error {
+	return withConfiguredStore(ctx, e, s, func(st *localstore.Store) error {
 		return runBuild(ctx, e, st, ops, s, f.json)
 	})
 }

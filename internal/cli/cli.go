@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // Env is what a command may touch of the outside world.
@@ -25,6 +26,9 @@ type Env struct {
 	Store string
 	// Verbose is set by the global -v flag.
 	Verbose bool
+	// ConnectTimeout is the global --connect-timeout (zero: each store's
+	// default).
+	ConnectTimeout time.Duration
 }
 
 // command is one leaf of the command tree.
@@ -120,6 +124,9 @@ func dispatch(ctx context.Context, e *Env, args []string) error {
 		if a == "--serve" {
 			return runNixServeArgv(ctx, e, args)
 		}
+	}
+	if len(args) > 0 && (args[0] == "--version" || args[0] == "-V") {
+		return cmdVersion(ctx, e, args[1:])
 	}
 	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
 		printHelp(e.Stdout, args)

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sort"
 
+	"ferry/internal/localstore"
 	"ferry/nix/derivation"
 	"ferry/nix/storepath"
 )
@@ -18,13 +19,15 @@ func init() {
 }
 
 // physicalStoreDir is where the logical /nix/store lies on disk for the
-// --store flag: DIR/nix/store for a chroot store, /nix/store otherwise.
+// --store flag, by the rule store.Open uses for local stores
+// (localstore.Select): DIR/nix/store for a chroot store, /nix/store for
+// the machine's. It is "" for a store that is not local.
 func physicalStoreDir(e *Env) string {
-	switch e.Store {
-	case "", "local", "/", "auto", "daemon":
-		return string(storepath.DefaultDir)
+	root, _ := localstore.Select(storeFlag(e))
+	if root == "" {
+		return ""
 	}
-	return filepath.Join(e.Store, string(storepath.DefaultDir))
+	return filepath.Join(root, string(storepath.DefaultDir))
 }
 
 // readDrvFile reads a derivation named by a store path (looked up in the

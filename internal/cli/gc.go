@@ -116,7 +116,7 @@ func parseBytes(s string) (uint64, error) {
 
 func runGC(ctx context.Context, e *Env, a *gcArgs) error {
 	conf := a.conf
-	return withConfiguredStore(e, conf, func(st *localstore.Store) error {
+	return withConfiguredStore(ctx, e, conf, func(st *localstore.Store) error {
 		paths, err := parsePaths(st, a.paths)
 		if err != nil {
 			return err
@@ -181,7 +181,7 @@ func cmdStoreAddRoot(ctx context.Context, e *Env, args []string) error {
 	if len(ops) != 2 {
 		return usagef("store add-root needs LINK and PATH")
 	}
-	return withStore(e, func(st *localstore.Store) error {
+	return withStore(ctx, e, func(st *localstore.Store) error {
 		ps, err := parsePaths(st, ops[1:])
 		if err != nil {
 			return err
@@ -195,19 +195,6 @@ func cmdStoreAddRoot(ctx context.Context, e *Env, args []string) error {
 	})
 }
 
-// withConfiguredStore is withStore with the store options nix.conf sets
-// (gc-reserved-space).
-func withConfiguredStore(e *Env, conf *settings.Settings, f func(*localstore.Store) error) error {
-	st, err := openConfiguredStore(e, conf)
-	if err != nil {
-		return err
-	}
-	err = f(st)
-	if cerr := st.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
 
 // autoCollector is the automatic collector nix.conf's min-free and
 // max-free ask for, or nil when min-free is 0. Like Nix it honours

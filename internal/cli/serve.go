@@ -51,7 +51,7 @@ func runServe(ctx context.Context, e *Env, write bool) error {
 	if err != nil {
 		return err
 	}
-	st, err := openConfiguredStore(e, conf)
+	st, err := openConfiguredStore(ctx, e, conf)
 	if err != nil {
 		return err
 	}

@@ -10,6 +10,7 @@ import (
 	"sort"
 
 	"ferry/internal/build"
+	storecopy "ferry/internal/copy"
 	"ferry/internal/localstore"
 	"ferry/internal/settings"
 	"ferry/nix/hash"
@@ -29,35 +30,7 @@ func init() {
 	register(&command{name: "store verify", args: "[--check-contents] [--repair]", summary: "check the store's database against its files (as nix-store --verify)", run: cmdStoreVerify})
 }
 
-// openConfiguredStore opens the local store chosen by --store,
-// FERRY_STORE or the defaults (localstore.Select), saying which with -v;
-// its db/reserved file gets conf's gc-reserved-space.
-func openConfiguredStore(e *Env, conf *settings.Settings) (*localstore.Store, error) {
-	root, why := localstore.Select(e.Store)
-	if root == "" {
-		return nil, fmt.Errorf("open store: %s", why)
-	}
-	if e.Verbose {
-		fmt.Fprintf(e.Stderr, "using store %s (%s)\n", root, why)
-	}
-	opts := &localstore.Options{ReservedSize: conf.ReservedSize}
-	if conf.ReservedSize <= 0 {
-		opts.ReservedSize = -1 // Nix's 0: an empty file
-	}
-	return localstore.Open(root, opts)
-}
-
-// withStore runs f on the selected store, opened with nix.conf's
-// settings, and closes it.
-func withStore(e *Env, f func(*localstore.Store) error) error {
-	conf, err := settings.Load(nil)
-	if err != nil {
-		return err
-	}
-	return withConfiguredStore(e, conf, f)
-}
-
-func parsePaths(st *localstore.Store, args []string) ([]storepath.Path, error) {
+func parsePaths(st store.Store, args []string) ([]storepath.Path, error) {
 	ps := make([]storepath.Path, 0, len(args))
 	for _, a := range args {
 		p, err := st.Dir().Parse(a)
@@ -97,7 +70,7 @@ func cmdStoreAdd(ctx context.Context, e *Env, args []string) error {
 	} else if *recursive {
 		return usagef("--recursive goes with --fixed")
 	}
-	return withStore(e, func(st *localstore.Store) error {
+	return withStore(ctx, e, func(st *localstore.Store) error {
 		for _, p := range ops {
 			info, err := st.AddPath(ctx, p, method, algo)
 			if err != nil {
@@ -124,7 +97,7 @@ func cmdStoreAddText(ctx context.Context, e *Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	return withStore(e, func(st *localstore.Store) error {
+	return withStore(ctx, e, func(st *localstore.Store) error {
 		rs, err := parsePaths(st, refs)
 		if err != nil {
 			return err
@@ -146,7 +119,7 @@ func cmdDerivationAdd(ctx context.Context, e *Env, args []string) error {
 	if len(ops) == 0 {
 		return usagef("derivation add needs at least one FILE")
 	}
-	return withStore(e, func(st *localstore.Store) error {
+	return withStore(ctx, e, func(st *localstore.Store) error {
 		// Resolve input derivations through the store's physical root.
 		e2 := *e
 		e2.Store = st.Root()
@@ -194,13 +167,13 @@ func cmdPathInfo(ctx context.Context, e *Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	return withStore(e, func(st *localstore.Store) error {
+	return withAnyStore(ctx, e, func(st store.Store) error {
 		paths, err := parsePaths(st, ops)
 		if err != nil {
 			return err
 		}
 		if *closure {
-			if paths, err = st.QueryClosure(ctx, paths, false); err != nil {
+			if paths, err = storecopy.Closure(ctx, st, paths, false); err != nil {
 				return err
 			}
 		}
@@ -219,7 +192,7 @@ func cmdPathInfo(ctx context.Context, e *Env, args []string) error {
 			}
 			var csize uint64
 			if *closureSize {
-				cl, err := st.QueryClosure(ctx, []storepath.Path{p}, false)
+				cl, err := storecopy.Closure(ctx, st, []storepath.Path{p}, false)
 				if err != nil {
 					return err
 				}
@@ -297,7 +270,7 @@ func cmdQuery(ctx context.Context, e *Env, args []string) error {
 	if n != 1 {
 		return usagef("query needs exactly one of --references, --referrers, --requisites and --deriver")
 	}
-	return withStore(e, func(st *localstore.Store) error {
+	return withAnyStore(ctx, e, func(st store.Store) error {
 		paths, err := parsePaths(st, ops)
 		if err != nil {
 			return err
@@ -307,10 +280,11 @@ func cmdQuery(ctx context.Context, e *Env, args []string) error {
 		switch {
 		case *deriver:
 			for _, p := range paths {
-				d, err := st.QueryDeriver(ctx, p)
+				info, err := st.QueryPathInfo(ctx, p)
 				if err != nil {
 					return err
 				}
+				d := info.Deriver
 				if d == "" {
 					fmt.Fprintln(w, "unknown-deriver")
 				} else {
@@ -319,20 +293,25 @@ func cmdQuery(ctx context.Context, e *Env, args []string) error {
 			}
 			return nil
 		case *reqs:
-			cl, err := st.QueryClosure(ctx, paths, false)
+			cl, err := storecopy.Closure(ctx, st, paths, false)
 			if err != nil {
 				return err
 			}
-			sorted, err := localstore.TopoSort(cl, func(p storepath.Path) []storepath.Path {
-				rs, _ := st.QueryReferences(ctx, p)
-				return rs
-			})
+			infos, err := storecopy.PathInfos(ctx, st, cl)
+			if err != nil {
+				return err
+			}
+			list := make([]*store.PathInfo, 0, len(cl))
+			for _, p := range cl {
+				list = append(list, infos[p])
+			}
+			sorted, err := storecopy.TopoSort(list)
 			if err != nil {
 				return err
 			}
 			// Nix prints dependencies before the paths that need them.
-			for _, p := range sorted {
-				fmt.Fprintln(w, p)
+			for _, info := range sorted {
+				fmt.Fprintln(w, info.Path)
 			}
 			return nil
 		}
@@ -340,12 +319,18 @@ func cmdQuery(ctx context.Context, e *Env, args []string) error {
 		var all []storepath.Path
 		for _, p := range paths {
 			var rs []storepath.Path
+			info, err := st.QueryPathInfo(ctx, p)
+			if err != nil {
+				return err
+			}
 			if *refs {
-				rs, err = st.QueryReferences(ctx, p)
+				rs = info.References
 			} else {
-				if _, err = st.QueryPathInfo(ctx, p); err == nil {
-					rs, err = st.QueryReferrers(ctx, p)
+				local, ok := st.(*localstore.Store)
+				if !ok {
+					return store.Unsupported(storeFlag(e), "list referrers: the serve protocol has no query for them")
 				}
+				rs, err = local.QueryReferrers(ctx, p)
 			}
 			if err != nil {
 				return err
@@ -370,7 +355,7 @@ func cmdStoreExport(ctx context.Context, e *Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	return withStore(e, func(st *localstore.Store) error {
+	return withStore(ctx, e, func(st *localstore.Store) error {
 		paths, err := parsePaths(st, ops)
 		if err != nil {
 			return err
@@ -391,7 +376,7 @@ func cmdStoreImport(ctx context.Context, e *Env, args []string) error {
 	if len(ops) != 0 {
 		return usagef("store import reads the stream from standard input and takes no operands")
 	}
-	return withStore(e, func(st *localstore.Store) error {
+	return withStore(ctx, e, func(st *localstore.Store) error {
 		paths, err := st.Import(ctx, bufio.NewReaderSize(e.Stdin, 1<<20))
 		if err != nil {
 			return err
@@ -411,7 +396,7 @@ func cmdStoreDump(ctx context.Context, e *Env, args []string) error {
 	if len(ops) != 1 {
 		return usagef("store dump takes exactly one PATH")
 	}
-	return withStore(e, func(st *localstore.Store) error {
+	return withAnyStore(ctx, e, func(st store.Store) error {
 		paths, err := parsePaths(st, ops)
 		if err != nil {
 			return err
@@ -443,7 +428,7 @@ func cmdStoreVerify(ctx context.Context, e *Env, args []string) error {
 	if *repair {
 		s = conf
 	}
-	return withConfiguredStore(e, conf, func(st *localstore.Store) error {
+	return withConfiguredStore(ctx, e, conf, func(st *localstore.Store) error {
 		return runStoreVerify(ctx, e, st, *check, s)
 	})
 }

@@ -88,14 +88,14 @@ func TestImportsPointDown(t *testing.T) {
 // the builder, the sandbox or the database, directly or not.
 func TestClientSideFreeOfLocalStore(t *testing.T) {
 	cmd := exec.Command("go", "list", "-f", "{{.ImportPath}} {{join .Deps \" \"}}",
-		"ferry/internal/serve", "ferry/store")
+		"ferry/internal/serve", "ferry/internal/sshstore", "ferry/internal/copy", "ferry/store")
 	out, err := cmd.Output()
 	if err != nil {
 		t.Fatalf("go list: %v", err)
 	}
 	forbidden := []string{"ferry/internal/localstore", "ferry/internal/build", "ferry/internal/sandbox", "ferry/internal/db", "ferry/internal/settings"}
 	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-	if len(lines) != 2 {
+	if len(lines) != 4 {
 		t.Fatalf("go list: %q", out)
 	}
 	for _, line := range lines {

@@ -1,0 +1,364 @@
+// Package copy copies closures between any two stores (ferry copy, and the
+// inputs and outputs of remote builds), race-free and in a constant number
+// of round trips:
+//
+//   - Before deciding what to send, it asks the destination which paths of
+//     the whole closure it has and locks them in the same call
+//     (store.Locker: QueryValidPaths with lock=1 over ssh), so a garbage
+//     collection there cannot delete a path it was just told need not be
+//     sent. The source's paths are locked the same way before they are read.
+//   - The missing paths go out in topological order through the
+//     destination's pipelined upload (store.MultiAdder) and, from a remote
+//     source, come in through its pipelined dumps (store.MultiDumper):
+//     nobody waits for a reply per path.
+//   - NARs stream from source to destination through a pipe; nothing is
+//     held whole in memory.
+//
+// Only complete paths become valid at the destination; after a failure or
+// an interrupt, the next copy sends what is still missing.
+package copy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"ferry/internal/serve"
+	"ferry/nix/storepath"
+	"ferry/store"
+)
+
+// Options configures Copy. A nil *Options means the zero value.
+type Options struct {
+	// IncludeOutputs also copies the valid outputs of the derivations in
+	// the closure (nix copy --include-outputs... as nix-copy-closure's).
+	IncludeOutputs bool
+	// CheckPath, if not nil, is asked about each path before anything is
+	// sent; an error refuses the copy (the signature check of a local
+	// destination with require-sigs).
+	CheckPath func(info *store.PathInfo) error
+	// Progress, if not nil, is told how the copy goes.
+	Progress Progress
+}
+
+// Progress hears about a copy as it runs. Its methods are called from one
+// goroutine at a time.
+type Progress interface {
+	// Start gives the totals of what will be sent.
+	Start(paths int, bytes uint64)
+	// Sending says which path is being sent now.
+	Sending(info *store.PathInfo)
+	// Wrote counts n more bytes sent.
+	Wrote(n int)
+	// Added says the destination has accepted info.
+	Added(info *store.PathInfo)
+}
+
+// Result is what a copy did.
+type Result struct {
+	// Copied are the paths sent, in the order sent.
+	Copied []storepath.Path `json:"copied"`
+	// Bytes is the NAR size of what was sent.
+	Bytes uint64 `json:"bytes"`
+	// Skipped counts the paths of the closure the destination had already.
+	Skipped int `json:"skipped"`
+	// Seconds is how long the copy took.
+	Seconds float64 `json:"seconds"`
+}
+
+// Copy copies the closure of paths from src to dst.
+func Copy(ctx context.Context, src, dst store.Store, paths []storepath.Path, opts *Options) (*Result, error) {
+	if opts == nil {
+		opts = &Options{}
+	}
+	start := time.Now()
+	res := &Result{}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	// Lock what was asked for at the source, so its closure stays there
+	// while we read it.
+	have, err := ValidLocked(ctx, src, paths)
+	if err != nil {
+		return nil, fmt.Errorf("query source: %w", err)
+	}
+	if missing := minus(paths, have); len(missing) > 0 {
+		return nil, fmt.Errorf("path '%s' %w in the source store", missing[0], store.ErrNotValid)
+	}
+	closure, err := Closure(ctx, src, paths, opts.IncludeOutputs)
+	if err != nil {
+		return nil, fmt.Errorf("compute closure: %w", err)
+	}
+	infos, err := PathInfos(ctx, src, closure)
+	if err != nil {
+		return nil, fmt.Errorf("query source: %w", err)
+	}
+
+	// One locked query over the whole closure decides what to send.
+	present, err := ValidLocked(ctx, dst, closure)
+	if err != nil {
+		return nil, fmt.Errorf("query destination: %w", err)
+	}
+	res.Skipped = len(present)
+	isPresent := set(present)
+	var send []*store.PathInfo
+	for _, p := range closure {
+		if !isPresent[p] {
+			send = append(send, infos[p])
+		}
+	}
+	send, err = TopoSort(send)
+	if err != nil {
+		return nil, err
+	}
+	if opts.CheckPath != nil {
+		for _, info := range send {
+			if err := opts.CheckPath(info); err != nil {
+				return nil, err
+			}
+		}
+	}
+	var total uint64
+	for _, info := range send {
+		total += info.NarSize
+	}
+	if opts.Progress != nil {
+		opts.Progress.Start(len(send), total)
+	}
+	if len(send) == 0 {
+		res.Seconds = time.Since(start).Seconds()
+		return res, nil
+	}
+
+	nars, stop := narSource(ctx, src, send, opts.Progress)
+	defer stop()
+	added := func(info *store.PathInfo) {
+		res.Copied = append(res.Copied, info.Path)
+		res.Bytes += info.NarSize
+		if opts.Progress != nil {
+			opts.Progress.Added(info)
+		}
+	}
+	err = AddAll(ctx, dst, send, nars, added)
+	res.Seconds = time.Since(start).Seconds()
+	if err != nil {
+		return res, err
+	}
+	return res, nil
+}
+
+// ValidLocked reports which of paths st has, protecting them from garbage
+// collection in the same step where st can (store.Locker, or temp roots
+// added before the query).
+func ValidLocked(ctx context.Context, st store.Store, paths []storepath.Path) ([]storepath.Path, error) {
+	if l, ok := st.(store.Locker); ok {
+		return l.QueryValidPathsLocked(ctx, paths)
+	}
+	if r, ok := st.(store.TempRooter); ok {
+		for _, p := range paths {
+			if err := r.AddTempRoot(ctx, p); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return st.QueryValidPaths(ctx, paths)
+}
+
+// Closure returns the closure of paths in st, in one step where st can.
+func Closure(ctx context.Context, st store.Store, paths []storepath.Path, includeOutputs bool) ([]storepath.Path, error) {
+	if c, ok := st.(store.Closurer); ok {
+		return c.QueryClosure(ctx, paths, includeOutputs)
+	}
+	return serve.Closure(ctx, st, paths, includeOutputs)
+}
+
+// PathInfos returns the infos of paths, all of which must be valid.
+func PathInfos(ctx context.Context, st store.Store, paths []storepath.Path) (map[storepath.Path]*store.PathInfo, error) {
+	out := make(map[storepath.Path]*store.PathInfo, len(paths))
+	if q, ok := st.(store.PathInfoQuerier); ok {
+		infos, err := q.QueryPathInfos(ctx, paths)
+		if err != nil {
+			return nil, err
+		}
+		for _, info := range infos {
+			out[info.Path] = info
+		}
+	} else {
+		for _, p := range paths {
+			info, err := st.QueryPathInfo(ctx, p)
+			if err != nil {
+				return nil, err
+			}
+			out[p] = info
+		}
+	}
+	for _, p := range paths {
+		if out[p] == nil {
+			return nil, fmt.Errorf("path '%s' %w", p, store.ErrNotValid)
+		}
+	}
+	return out, nil
+}
+
+// AddAll adds infos (in topological order) to st, pipelined where st can.
+func AddAll(ctx context.Context, st store.Store, infos []*store.PathInfo, nars store.NarSource, added func(*store.PathInfo)) error {
+	if m, ok := st.(store.MultiAdder); ok {
+		return m.AddToStoreNars(ctx, infos, nars, added)
+	}
+	for _, info := range infos {
+		pr, pw := io.Pipe()
+		go func() { pw.CloseWithError(nars(ctx, info, pw)) }()
+		err := st.AddToStoreNar(ctx, info, pr)
+		pr.CloseWithError(errors.New("add stopped"))
+		if err != nil {
+			return fmt.Errorf("add %s: %w", info.Path, err)
+		}
+		if added != nil {
+			added(info)
+		}
+	}
+	return nil
+}
+
+// narSource returns the NarSource that reads send's NARs from src: from a
+// store.MultiDumper, one pipelined stream in send's order; else one
+// NarFromPath each. Bytes are counted for progress on the way. stop ends
+// the stream early.
+func narSource(ctx context.Context, src store.Store, send []*store.PathInfo, p Progress) (nars store.NarSource, stop func()) {
+	count := func(info *store.PathInfo, w io.Writer) io.Writer {
+		if p == nil {
+			return w
+		}
+		p.Sending(info)
+		return &countingWriter{w: w, p: p}
+	}
+	md, ok := src.(store.MultiDumper)
+	if !ok {
+		return func(ctx context.Context, info *store.PathInfo, w io.Writer) error {
+			return src.NarFromPath(ctx, info.Path, count(info, w))
+		}, func() {}
+	}
+	type nar struct {
+		path storepath.Path
+		r    io.Reader
+		done chan error // the consumer's result
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	next := make(chan nar)
+	dumped := make(chan error, 1)
+	paths := make([]storepath.Path, len(send))
+	for i, info := range send {
+		paths[i] = info.Path
+	}
+	go func() {
+		dumped <- md.NarsFromPaths(ctx, paths, func(p storepath.Path, r io.Reader) error {
+			n := nar{p, r, make(chan error, 1)}
+			select {
+			case next <- n:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			select {
+			case err := <-n.done:
+				return err
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		})
+		close(next)
+	}()
+	nars = func(_ context.Context, info *store.PathInfo, w io.Writer) error {
+		n, ok := <-next
+		if !ok {
+			if err := <-dumped; err != nil {
+				dumped <- err
+				return err
+			}
+			return fmt.Errorf("read %s: the source sent no more NARs", info.Path)
+		}
+		if n.path != info.Path {
+			err := fmt.Errorf("read %s: the source sent %s instead", info.Path, n.path)
+			n.done <- err
+			return err
+		}
+		_, err := io.Copy(count(info, w), n.r)
+		n.done <- err
+		return err
+	}
+	return nars, cancel
+}
+
+type countingWriter struct {
+	w io.Writer
+	p Progress
+}
+
+func (c *countingWriter) Write(b []byte) (int, error) {
+	n, err := c.w.Write(b)
+	c.p.Wrote(n)
+	return n, err
+}
+
+// TopoSort orders infos so that each comes after those of its references
+// that are among them (references to paths outside infos, or to itself,
+// are ignored). It fails on a cycle, which valid store paths cannot form.
+func TopoSort(infos []*store.PathInfo) ([]*store.PathInfo, error) {
+	byPath := make(map[storepath.Path]*store.PathInfo, len(infos))
+	for _, info := range infos {
+		byPath[info.Path] = info
+	}
+	const (
+		unvisited = iota
+		visiting
+		done
+	)
+	state := make(map[storepath.Path]int, len(infos))
+	out := make([]*store.PathInfo, 0, len(infos))
+	var visit func(info *store.PathInfo) error
+	visit = func(info *store.PathInfo) error {
+		switch state[info.Path] {
+		case visiting:
+			return fmt.Errorf("sort paths: reference cycle through %s", info.Path)
+		case done:
+			return nil
+		}
+		state[info.Path] = visiting
+		for _, r := range info.References {
+			if dep := byPath[r]; dep != nil && r != info.Path {
+				if err := visit(dep); err != nil {
+					return err
+				}
+			}
+		}
+		state[info.Path] = done
+		out = append(out, info)
+		return nil
+	}
+	for _, info := range infos {
+		if err := visit(info); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+func set(ps []storepath.Path) map[storepath.Path]bool {
+	m := make(map[storepath.Path]bool, len(ps))
+	for _, p := range ps {
+		m[p] = true
+	}
+	return m
+}
+
+func minus(a, b []storepath.Path) []storepath.Path {
+	in := set(b)
+	var out []storepath.Path
+	for _, p := range a {
+		if !in[p] {
+			out = append(out, p)
+		}
+	}
+	return out
+}

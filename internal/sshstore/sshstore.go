@@ -1,0 +1,602 @@
+// Package sshstore is a store.Store on the far side of an ssh connection:
+// `ssh HOST REMOTE-PROGRAM --serve --write` speaking the serve protocol, as
+// Nix's legacy ssh store (2.8.0:src/libstore/legacy-ssh-store.cc) does, with
+// Nix's URI and ssh argv (2.8.0:src/libstore/ssh.cc):
+//
+//	ssh://[user@]host[:port]?remote-program=P&remote-store=S&ssh-key=K&compress=true&base64-ssh-public-host-key=B&connect-timeout=SECONDS
+//
+// It runs the system ssh, so ~/.ssh/config, agents, ProxyJump and
+// known_hosts work, and runs the remote program itself, without ssh, for
+// ssh://localhost, as Nix does. The remote's stderr is passed on line by
+// line with the host in front.
+//
+// Unlike Nix's, the store pipelines the bulk operations of the protocol
+// (store.MultiAdder, store.MultiDumper), and it is a store.Locker: its
+// QueryValidPathsLocked is QueryValidPaths with lock=1, so the far side
+// temp-roots what it reports valid until the store is closed.
+//
+// A Store holds one connection and is safe for concurrent use; calls are
+// serialised on it.
+package sshstore
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"ferry/internal/serve"
+	"ferry/nix/storepath"
+	"ferry/store"
+)
+
+func init() { store.Register("ssh", func(ctx context.Context, u *store.URI, opts *store.OpenOptions) (store.Store, error) { return Open(ctx, u, opts) }) }
+
+// DefaultConnectTimeout bounds the time from starting ssh to the end of
+// the handshake when neither the URI nor the options set one.
+const DefaultConnectTimeout = 10 * time.Second
+
+// Params are the URI parameters the store understands.
+type Params struct {
+	RemoteProgram  string        // remote-program, default "nix-store"
+	RemoteStore    string        // remote-store, default none (the remote's default)
+	SSHKey         string        // ssh-key: passed as ssh -i
+	Compress       bool          // compress: ssh -C
+	HostKey        []byte        // base64-ssh-public-host-key, decoded
+	ConnectTimeout time.Duration // connect-timeout, in seconds
+}
+
+// parseParams reads the URI parameters; unknown ones are reported (Nix
+// warns "unknown setting" and goes on).
+func parseParams(u *store.URI) (*Params, []string, error) {
+	p := &Params{RemoteProgram: "nix-store"}
+	var unknown []string
+	for k, vs := range u.Params {
+		v := vs[len(vs)-1]
+		switch k {
+		case "remote-program":
+			if v != "" {
+				p.RemoteProgram = v
+			}
+		case "remote-store":
+			p.RemoteStore = v
+		case "ssh-key":
+			p.SSHKey = v
+		case "compress":
+			b, err := parseBool(v)
+			if err != nil {
+				return nil, nil, fmt.Errorf("store URI %q: compress: %w", u.Raw, err)
+			}
+			p.Compress = b
+		case "base64-ssh-public-host-key":
+			key, err := base64.StdEncoding.DecodeString(v)
+			if err != nil {
+				return nil, nil, fmt.Errorf("store URI %q: base64-ssh-public-host-key is not base64: %w", u.Raw, err)
+			}
+			p.HostKey = bytes.TrimSpace(key)
+		case "connect-timeout":
+			secs, err := strconv.ParseFloat(v, 64)
+			if err != nil || secs <= 0 {
+				return nil, nil, fmt.Errorf("store URI %q: connect-timeout %q is not a positive number of seconds", u.Raw, v)
+			}
+			p.ConnectTimeout = time.Duration(secs * float64(time.Second))
+		case "max-connections", "path-info-cache-size", "priority", "want-mass-query", "trusted", "system-features", "store", "state", "log", "real", "root":
+			// Settings Nix accepts for an ssh store that change nothing
+			// here (one connection per Store; no path-info cache).
+		default:
+			unknown = append(unknown, k)
+		}
+	}
+	return p, unknown, nil
+}
+
+func parseBool(v string) (bool, error) {
+	switch v {
+	case "true", "1", "yes":
+		return true, nil
+	case "false", "0", "no", "":
+		return false, nil
+	}
+	return false, fmt.Errorf("%q is not a Boolean", v)
+}
+
+// Store is an open connection to a remote store.
+type Store struct {
+	uri    string
+	host   string // what the user named: [user@]host[:port]
+	client *serve.Client
+	cmd    *exec.Cmd
+	stdin  io.WriteCloser
+	stderr *stderrLog
+	dir    storepath.Dir
+	waited chan struct{} // closed when cmd has exited
+	// waitErr is cmd.Wait's result, set before waited is closed.
+	waitErr   error
+	closeOnce sync.Once
+	closeErr  error
+}
+
+var (
+	_ store.Store           = (*Store)(nil)
+	_ store.Locker          = (*Store)(nil)
+	_ store.TempRooter      = (*Store)(nil)
+	_ store.PathInfoQuerier = (*Store)(nil)
+	_ store.Closurer        = (*Store)(nil)
+	_ store.MultiAdder      = (*Store)(nil)
+	_ store.MultiDumper     = (*Store)(nil)
+)
+
+// Command returns the argv that opens a session with the store u names, as
+// Nix 2.8 builds it (SSHMaster::startCommand): for localhost the remote
+// program run by a shell; else ssh HOST -x -a, the words of NIX_SSHOPTS,
+// -i KEY, -oUserKnownHostsFile=FILE for a pinned host key (knownHosts is
+// the file to write it to), -C, and ferry's -p PORT, then the command.
+func Command(u *store.URI, p *Params, knownHosts string) (argv []string, err error) {
+	host := u.Authority
+	if host == "" {
+		return nil, fmt.Errorf("store URI %q names no host", u.Raw)
+	}
+	cmd := p.RemoteProgram + " --serve --write"
+	if p.RemoteStore != "" {
+		cmd += " --store " + shellEscape(p.RemoteStore)
+	}
+	hostPort, port := splitPort(host)
+	if hostName(hostPort) == "localhost" && port == "" {
+		return []string{"sh", "-c", cmd}, nil
+	}
+	argv = []string{"ssh", hostPort, "-x", "-a"}
+	argv = append(argv, strings.Fields(os.Getenv("NIX_SSHOPTS"))...)
+	if p.SSHKey != "" {
+		argv = append(argv, "-i", p.SSHKey)
+	}
+	if len(p.HostKey) > 0 {
+		argv = append(argv, "-oUserKnownHostsFile="+knownHosts)
+	}
+	if p.Compress {
+		argv = append(argv, "-C")
+	}
+	if port != "" {
+		argv = append(argv, "-p", port)
+	}
+	return append(argv, cmd), nil
+}
+
+// splitPort splits "user@host:port" into "user@host" and "port"
+// ("[v6]:port" too).
+func splitPort(host string) (string, string) {
+	i := strings.LastIndexByte(host, ':')
+	if i < 0 || strings.HasSuffix(host, "]") {
+		return host, ""
+	}
+	if strings.Contains(host[:i], ":") && !strings.Contains(host[:i], "]") {
+		return host, "" // a bare IPv6 address
+	}
+	port := host[i+1:]
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return host, ""
+	}
+	return strings.Trim(host[:i], "[]"), port
+}
+
+func hostName(userHost string) string {
+	if i := strings.LastIndexByte(userHost, '@'); i >= 0 {
+		return userHost[i+1:]
+	}
+	return userHost
+}
+
+// shellEscape quotes s for a POSIX shell, as Nix's shellEscape does.
+func shellEscape(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// Open starts a session with the remote store u names and performs the
+// handshake, within the connect timeout.
+func Open(ctx context.Context, u *store.URI, opts *store.OpenOptions) (*Store, error) {
+	if opts == nil {
+		opts = &store.OpenOptions{}
+	}
+	p, unknown, err := parseParams(u)
+	if err != nil {
+		return nil, err
+	}
+	logw := opts.Log
+	if logw == nil {
+		logw = io.Discard
+	}
+	for _, k := range unknown {
+		fmt.Fprintf(logw, "warning: unknown setting '%s' in store URI %s\n", k, u.Raw)
+	}
+	timeout := opts.ConnectTimeout
+	if p.ConnectTimeout > 0 {
+		timeout = p.ConnectTimeout
+	}
+	if timeout <= 0 {
+		timeout = DefaultConnectTimeout
+	}
+	var knownHosts string
+	if len(p.HostKey) > 0 {
+		f, err := os.CreateTemp("", "ferry-host-key-")
+		if err != nil {
+			return nil, err
+		}
+		knownHosts = f.Name()
+		hp, _ := splitPort(u.Authority)
+		fmt.Fprintf(f, "%s %s\n", hostName(hp), p.HostKey)
+		f.Close()
+		// ssh reads it while connecting; it is removed once the
+		// handshake is over.
+		defer os.Remove(knownHosts)
+	}
+	argv, err := Command(u, p, knownHosts)
+	if err != nil {
+		return nil, err
+	}
+	s := &Store{uri: u.Raw, host: u.Authority, dir: storepath.DefaultDir, waited: make(chan struct{})}
+	s.stderr = newStderrLog(logw, u.Authority+"> ")
+	// The process is not tied to ctx: the store outlives the call that
+	// opened it, and Close ends the session cleanly.
+	s.cmd = exec.Command(argv[0], argv[1:]...)
+	s.cmd.Stderr = s.stderr
+	s.stdin, err = s.cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	stdout, err := s.cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if opts.Verbose {
+		fmt.Fprintf(logw, "%s: running %s\n", u.Raw, strings.Join(argv, " "))
+	}
+	if err := s.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("open %s: %w", u.Raw, err)
+	}
+	go func() {
+		s.waitErr = s.cmd.Wait()
+		s.stderr.Flush()
+		close(s.waited)
+	}()
+
+	said := &headRecorder{r: stdout, max: 4096}
+	var trace func(string, ...any)
+	if opts.Verbose {
+		trace = func(format string, args ...any) {
+			fmt.Fprintf(logw, "%s: %s\n", u.Authority, fmt.Sprintf(format, args...))
+		}
+	}
+	type result struct {
+		c   *serve.Client
+		err error
+	}
+	done := make(chan result, 1)
+	hctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		c, err := serve.NewClient(hctx, said, s.stdin, s.dir, &serve.ClientOptions{Closer: closerFunc(s.kill), Trace: trace})
+		done <- result{c, err}
+	}()
+	select {
+	case r := <-done:
+		if r.err != nil {
+			return nil, s.openFailed(ctx, r.err, said)
+		}
+		s.client = r.c
+		said.stop()
+		return s, nil
+	case <-time.After(timeout):
+		s.kill()
+		<-done
+		return nil, fmt.Errorf("open %s: no answer from '%s' within %v%s", u.Raw, u.Authority, timeout, s.stderr.Quote())
+	case <-ctx.Done():
+		s.kill()
+		<-done
+		return nil, ctx.Err()
+	}
+}
+
+// openFailed explains a failed handshake the way Nix does ("'nix-store
+// --serve' protocol mismatch from 'HOST', got '...'"), quoting what the
+// other end printed on stdout and stderr.
+func (s *Store) openFailed(ctx context.Context, err error, said *headRecorder) error {
+	if ctx.Err() != nil {
+		s.kill()
+		return ctx.Err()
+	}
+	// Let the peer finish what it is saying (a banner, then exit).
+	s.stdin.Close()
+	select {
+	case <-s.waited:
+	case <-time.After(2 * time.Second):
+		s.kill()
+	}
+	got := strings.TrimRight(said.String(), "\n")
+	exit := ""
+	if s.waitErr != nil {
+		exit = fmt.Sprintf(" (the remote program ended: %v)", s.waitErr)
+	}
+	switch {
+	case strings.HasPrefix(err.Error(), "unsupported"):
+		return fmt.Errorf("open %s: unsupported 'nix-store --serve' protocol version on '%s': %v%s", s.uri, s.host, err, s.stderr.Quote())
+	case errors.Is(err, serve.ErrProtocolMismatch) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || got == "":
+		return fmt.Errorf("open %s: 'nix-store --serve' protocol mismatch from '%s', got '%s'%s%s", s.uri, s.host, printable(got), exit, s.stderr.Quote())
+	}
+	return fmt.Errorf("open %s: %v%s%s", s.uri, err, exit, s.stderr.Quote())
+}
+
+// printable keeps what a peer said readable in one error line.
+func printable(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		switch {
+		case r == '\n':
+			b.WriteString("\\n")
+		case r < ' ' || r == 0x7f || r == '\uFFFD':
+			fmt.Fprintf(&b, "\\x%02x", r)
+		default:
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
+
+// Close ends the session: the remote sees end of input at a command
+// boundary and exits, which releases its temp roots. It waits a moment for
+// that, then kills ssh.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		s.stdin.Close()
+		select {
+		case <-s.waited:
+		case <-time.After(5 * time.Second):
+			s.kill()
+			<-s.waited
+		}
+	})
+	return s.closeErr
+}
+
+// kill stops the session at once (an interrupt, a timeout).
+func (s *Store) kill() {
+	if s.cmd.Process != nil {
+		s.cmd.Process.Kill()
+	}
+	s.stdin.Close()
+}
+
+// URI is the URI the store was opened with.
+func (s *Store) URI() string { return s.uri }
+
+// RoundTrips is how many times the client has waited for the remote (the
+// handshake included): see serve.Client.Waits.
+func (s *Store) RoundTrips() int { return s.client.Waits() }
+
+// ServerVersion is the protocol version word the remote sent.
+func (s *Store) ServerVersion() uint64 { return s.client.ServerVersion() }
+
+// Dir is the remote's store directory.
+func (s *Store) Dir() storepath.Dir { return s.dir }
+
+// fail adds to err what the remote said before the session broke: Nix's
+// servers report a refused command on stderr and exit.
+func (s *Store) fail(err error) error {
+	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	select {
+	case <-s.waited:
+	case <-time.After(2 * time.Second):
+	}
+	return fmt.Errorf("%s: %w%s", s.uri, err, s.stderr.Quote())
+}
+
+// QueryPathInfo returns the info of a valid path.
+func (s *Store) QueryPathInfo(ctx context.Context, p storepath.Path) (*store.PathInfo, error) {
+	infos, err := s.client.QueryPathInfos(ctx, []storepath.Path{p})
+	if err != nil {
+		return nil, s.fail(err)
+	}
+	for _, info := range infos {
+		if info.Path == p {
+			return info, nil
+		}
+	}
+	return nil, fmt.Errorf("path '%s' %w on %s", p, store.ErrNotValid, s.uri)
+}
+
+// QueryPathInfos returns the infos of the valid ones among paths in one
+// request.
+func (s *Store) QueryPathInfos(ctx context.Context, paths []storepath.Path) ([]*store.PathInfo, error) {
+	infos, err := s.client.QueryPathInfos(ctx, paths)
+	return infos, s.fail(err)
+}
+
+// QueryValidPaths reports which of paths are valid, without locking them.
+func (s *Store) QueryValidPaths(ctx context.Context, paths []storepath.Path) ([]storepath.Path, error) {
+	valid, err := s.client.QueryValidPaths(ctx, paths, false, false)
+	return inOrder(paths, valid), s.fail(err)
+}
+
+// QueryValidPathsLocked reports which of paths are valid and has the
+// remote temp-root them for the rest of the session (lock=1).
+func (s *Store) QueryValidPathsLocked(ctx context.Context, paths []storepath.Path) ([]storepath.Path, error) {
+	valid, err := s.client.QueryValidPaths(ctx, paths, true, false)
+	return inOrder(paths, valid), s.fail(err)
+}
+
+// AddTempRoot has the remote temp-root p for the rest of the session.
+func (s *Store) AddTempRoot(ctx context.Context, p storepath.Path) error {
+	_, err := s.QueryValidPathsLocked(ctx, []storepath.Path{p})
+	return err
+}
+
+// QueryClosure asks the remote for the closure of paths. An invalid path
+// among them ends the session, as Nix's server fails on it.
+func (s *Store) QueryClosure(ctx context.Context, paths []storepath.Path, includeOutputs bool) ([]storepath.Path, error) {
+	c, err := s.client.QueryClosure(ctx, paths, includeOutputs)
+	return c, s.fail(err)
+}
+
+// NarFromPath writes the NAR of a valid path to w.
+func (s *Store) NarFromPath(ctx context.Context, p storepath.Path, w io.Writer) error {
+	return s.fail(s.client.DumpStorePath(ctx, p, w))
+}
+
+// NarsFromPaths streams the NARs of paths, all requested at once.
+func (s *Store) NarsFromPaths(ctx context.Context, paths []storepath.Path, fn func(storepath.Path, io.Reader) error) error {
+	return s.fail(s.client.DumpStorePaths(ctx, paths, fn))
+}
+
+// AddToStoreNar uploads one path.
+func (s *Store) AddToStoreNar(ctx context.Context, info *store.PathInfo, nar io.Reader) error {
+	return s.AddToStoreNars(ctx, []*store.PathInfo{info}, func(_ context.Context, _ *store.PathInfo, w io.Writer) error {
+		_, err := io.Copy(w, nar)
+		return err
+	}, nil)
+}
+
+// AddToStoreNars uploads infos pipelined: AddToStoreNar where the remote
+// has it (proto >= 2.5), else one ImportPaths.
+func (s *Store) AddToStoreNars(ctx context.Context, infos []*store.PathInfo, nars store.NarSource, added func(*store.PathInfo)) error {
+	if len(infos) == 0 {
+		return nil
+	}
+	if s.client.HasAddToStoreNar() {
+		return s.fail(s.client.AddToStoreNars(ctx, infos, nars, added))
+	}
+	return s.fail(s.client.ImportPaths(ctx, infos, nars, added))
+}
+
+// inOrder returns the members of set in the order of paths.
+func inOrder(paths, set []storepath.Path) []storepath.Path {
+	in := make(map[storepath.Path]bool, len(set))
+	for _, p := range set {
+		in[p] = true
+	}
+	var out []storepath.Path
+	for _, p := range paths {
+		if in[p] {
+			out = append(out, p)
+			delete(in, p)
+		}
+	}
+	return out
+}
+
+// headRecorder passes reads through and keeps the first max bytes, to
+// quote a peer that is not speaking the protocol.
+type headRecorder struct {
+	r       io.Reader
+	mu      sync.Mutex
+	buf     []byte
+	max     int
+	stopped bool
+}
+
+func (h *headRecorder) Read(p []byte) (int, error) {
+	n, err := h.r.Read(p)
+	h.mu.Lock()
+	if !h.stopped && len(h.buf) < h.max {
+		h.buf = append(h.buf, p[:min(n, h.max-len(h.buf))]...)
+	}
+	h.mu.Unlock()
+	return n, err
+}
+
+func (h *headRecorder) stop() {
+	h.mu.Lock()
+	h.stopped, h.buf = true, nil
+	h.mu.Unlock()
+}
+
+// String returns what was read, the first 8 bytes dropped when they are
+// the server's magic (the rest is then what followed it).
+func (h *headRecorder) String() string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return string(h.buf)
+}
+
+// stderrLog passes the remote's stderr on line by line with a prefix and
+// keeps the last lines to quote in errors.
+type stderrLog struct {
+	mu     sync.Mutex
+	w      io.Writer
+	prefix string
+	part   []byte
+	last   []string
+}
+
+const keepLines = 20
+
+func newStderrLog(w io.Writer, prefix string) *stderrLog {
+	return &stderrLog{w: w, prefix: prefix}
+}
+
+func (l *stderrLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.part = append(l.part, p...)
+	for {
+		i := bytes.IndexByte(l.part, '\n')
+		if i < 0 {
+			break
+		}
+		l.line(string(l.part[:i]))
+		l.part = l.part[i+1:]
+	}
+	if len(l.part) > 64<<10 { // a very long line: pass it on in pieces
+		l.line(string(l.part))
+		l.part = nil
+	}
+	return len(p), nil
+}
+
+func (l *stderrLog) line(s string) {
+	s = strings.TrimRight(s, "\r")
+	fmt.Fprintf(l.w, "%s%s\n", l.prefix, s)
+	l.last = append(l.last, s)
+	if len(l.last) > keepLines {
+		l.last = l.last[1:]
+	}
+}
+
+// Flush passes on a last line that has no newline.
+func (l *stderrLog) Flush() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.part) > 0 {
+		l.line(string(l.part))
+		l.part = nil
+	}
+}
+
+// Quote returns "; the remote said: ..." with the last stderr lines, or ""
+// when it said nothing.
+func (l *stderrLog) Quote() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var lines []string
+	for _, s := range l.last {
+		if strings.TrimSpace(s) != "" {
+			lines = append(lines, s)
+		}
+	}
+	if len(lines) == 0 {
+		return ""
+	}
+	return "; the remote said: " + strings.Join(lines, " / ")
+}
+
+// closerFunc makes a function an io.Closer.
+type closerFunc func()
+
+func (f closerFunc) Close() error { f(); return nil }

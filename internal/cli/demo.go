@@ -10,8 +10,8 @@ import (
 	"strings"
 
 	"ferry/examples"
-	"ferry/internal/localstore"
 	"ferry/internal/localserve"
+	"ferry/internal/localstore"
 	"ferry/internal/serve"
 	"ferry/internal/settings"
 	"ferry/nix/derivation"

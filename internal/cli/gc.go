@@ -195,7 +195,6 @@ func cmdStoreAddRoot(ctx context.Context, e *Env, args []string) error {
 	})
 }
 
-
 // autoCollector is the automatic collector nix.conf's min-free and
 // max-free ask for, or nil when min-free is 0. Like Nix it honours
 // _NIX_TEST_FREE_SPACE_FILE, a file holding the free space to assume, so

@@ -38,7 +38,11 @@ import (
 	"ferry/store"
 )
 
-func init() { store.Register("ssh", func(ctx context.Context, u *store.URI, opts *store.OpenOptions) (store.Store, error) { return Open(ctx, u, opts) }) }
+func init() {
+	store.Register("ssh", func(ctx context.Context, u *store.URI, opts *store.OpenOptions) (store.Store, error) {
+		return Open(ctx, u, opts)
+	})
+}
 
 // DefaultConnectTimeout bounds the time from starting ssh to the end of
 // the handshake when neither the URI nor the options set one.

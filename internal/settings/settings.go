@@ -22,6 +22,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"ferry/nix/signature"
 )
 
 // Sandbox modes, as nix.conf's "sandbox" spells them.
@@ -95,7 +97,26 @@ type Settings struct {
 	// the garbage collector keeps the derivers of live paths. Default
 	// true.
 	KeepDerivations bool
+
+	// RequireSigs is require-sigs: a path that is not content-addressed
+	// must carry a signature by a trusted key (TrustedPublicKeys, or the
+	// public half of a SecretKeyFiles key) to be added or copied to the
+	// store. Default true (Nix 2.8.0 src/libstore/globals.hh).
+	RequireSigs bool
+	// TrustedPublicKeys is trusted-public-keys (alias
+	// binary-cache-public-keys): the keys, "name:base64", whose
+	// signatures are trusted, as written; PublicKeys parses them.
+	// Default cache.nixos.org's key, DefaultTrustedPublicKey.
+	TrustedPublicKeys []string
+	// SecretKeyFiles is secret-key-files: files holding secret keys,
+	// "name:base64", to sign locally built paths with; their public
+	// halves are trusted too. Default none.
+	SecretKeyFiles []string
 }
+
+// DefaultTrustedPublicKey is the default of trusted-public-keys in Nix
+// 2.8.0 (src/libstore/globals.hh): cache.nixos.org's key.
+const DefaultTrustedPublicKey = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="
 
 // Default returns Nix 2.8's defaults for this machine.
 func Default() *Settings {
@@ -111,6 +132,9 @@ func Default() *Settings {
 		MaxFree:              math.MaxUint64,
 		MinFreeCheckInterval: 5 * time.Second,
 		KeepDerivations:      true,
+
+		RequireSigs:       true,
+		TrustedPublicKeys: []string{DefaultTrustedPublicKey},
 	}
 	if _, err := os.Stat("/bin/busybox"); err == nil {
 		s.SandboxPaths = []string{"/bin/sh=/bin/busybox"}
@@ -339,6 +363,16 @@ func (s *Settings) Set(name, value string) error {
 		s.KeepOutputs, err = parseBool(name, value)
 	case "keep-derivations", "gc-keep-derivations":
 		s.KeepDerivations, err = parseBool(name, value)
+	case "require-sigs":
+		// A Boolean takes no "extra-": Nix 2.8's Config::set finds no
+		// appendable setting and ignores it as unknown.
+		if !extra {
+			s.RequireSigs, err = parseBool(name, value)
+		}
+	case "trusted-public-keys", "binary-cache-public-keys":
+		list(&s.TrustedPublicKeys)
+	case "secret-key-files":
+		list(&s.SecretKeyFiles)
 	}
 	return err
 }
@@ -389,6 +423,54 @@ func parseSeconds(name, v string) (time.Duration, error) {
 		return 0, fmt.Errorf("option '%s' has invalid value '%s': too large", name, v)
 	}
 	return time.Duration(n) * time.Second, nil
+}
+
+// PublicKeys returns the keys signatures are checked against, as Nix
+// 2.8.0's getDefaultPublicKeys (src/libstore/crypto.cc) gathers them: the
+// TrustedPublicKeys, then the public half of each SecretKeyFiles key,
+// the first key of a name winning. A secret key file that can't be read is
+// skipped, as Nix does ("normal in a multi-user installation"); a key that
+// doesn't parse is an error naming it (a secret key by its file and name).
+func (s *Settings) PublicKeys() (signature.PublicKeys, error) {
+	keys := make(signature.PublicKeys, len(s.TrustedPublicKeys)+len(s.SecretKeyFiles))
+	for _, k := range s.TrustedPublicKeys {
+		pk, err := signature.ParsePublicKey(k)
+		if err != nil {
+			return nil, fmt.Errorf("trusted-public-keys: %w", err)
+		}
+		keys.Add(pk)
+	}
+	for _, f := range s.SecretKeyFiles {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		sk, err := signature.ParseSecretKey(string(data))
+		if err != nil {
+			return nil, fmt.Errorf("secret-key-files: %s: %w", f, err)
+		}
+		keys.Add(sk.PublicKey())
+	}
+	return keys, nil
+}
+
+// SecretKeys reads the SecretKeyFiles keys, to sign locally built paths
+// with, as Nix 2.8.0's LocalStore::signPathInfo (src/libstore/local-store.cc)
+// does: there a file that can't be read is an error.
+func (s *Settings) SecretKeys() ([]signature.SecretKey, error) {
+	var keys []signature.SecretKey
+	for _, f := range s.SecretKeyFiles {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("secret-key-files: %w", err)
+		}
+		sk, err := signature.ParseSecretKey(string(data))
+		if err != nil {
+			return nil, fmt.Errorf("secret-key-files: %s: %w", f, err)
+		}
+		keys = append(keys, sk)
+	}
+	return keys, nil
 }
 
 // SandboxPathMap turns SandboxPaths into target → source, as Nix reads

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"ferry/nix/signature"
 )
 
 func TestLoadPrecedence(t *testing.T) {
@@ -92,6 +94,20 @@ func TestSet(t *testing.T) {
 		{"sandbox-paths", "/a /b=/c", func(s *Settings) bool { return reflect.DeepEqual(s.SandboxPaths, []string{"/a", "/b=/c"}) }, ""},
 		{"extra-platforms", "aarch64-linux", func(s *Settings) bool { return reflect.DeepEqual(s.ExtraPlatforms, []string{"aarch64-linux"}) }, ""},
 		{"extra-system-features", "gpu", func(s *Settings) bool { return s.SystemFeatures[len(s.SystemFeatures)-1] == "gpu" }, ""},
+		{"require-sigs", "false", func(s *Settings) bool { return !s.RequireSigs }, ""},
+		{"require-sigs", "no", func(s *Settings) bool { return !s.RequireSigs }, ""},
+		{"require-sigs", "maybe", nil, "expected true or false"},
+		{"extra-require-sigs", "false", func(s *Settings) bool { return s.RequireSigs }, ""},
+		{"trusted-public-keys", "a:x  b:y", func(s *Settings) bool { return reflect.DeepEqual(s.TrustedPublicKeys, []string{"a:x", "b:y"}) }, ""},
+		{"trusted-public-keys", "", func(s *Settings) bool { return len(s.TrustedPublicKeys) == 0 }, ""},
+		{"binary-cache-public-keys", "a:x", func(s *Settings) bool { return reflect.DeepEqual(s.TrustedPublicKeys, []string{"a:x"}) }, ""},
+		{"extra-trusted-public-keys", "a:x", func(s *Settings) bool {
+			return reflect.DeepEqual(s.TrustedPublicKeys, []string{DefaultTrustedPublicKey, "a:x"})
+		}, ""},
+		{"extra-binary-cache-public-keys", "a:x", func(s *Settings) bool {
+			return reflect.DeepEqual(s.TrustedPublicKeys, []string{DefaultTrustedPublicKey, "a:x"})
+		}, ""},
+		{"secret-key-files", "/a /b", func(s *Settings) bool { return reflect.DeepEqual(s.SecretKeyFiles, []string{"/a", "/b"}) }, ""},
 		{"no-such-setting", "1", func(s *Settings) bool { return true }, ""},
 	}
 	for _, tt := range tests {
@@ -155,5 +171,85 @@ func TestGCDefaults(t *testing.T) {
 	if d.ReservedSize != 8<<20 || d.MinFree != 0 || d.MaxFree != 1<<64-1 ||
 		d.MinFreeCheckInterval != 5*time.Second || d.KeepOutputs || !d.KeepDerivations {
 		t.Errorf("GC defaults %+v", d)
+	}
+}
+
+// TestSignatureDefaults: Nix 2.8's globals.hh defaults for require-sigs,
+// trusted-public-keys and secret-key-files.
+func TestSignatureDefaults(t *testing.T) {
+	d := Default()
+	if !d.RequireSigs || len(d.SecretKeyFiles) != 0 ||
+		!reflect.DeepEqual(d.TrustedPublicKeys, []string{"cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="}) {
+		t.Errorf("signature defaults %+v", d)
+	}
+	keys, err := d.PublicKeys()
+	if err != nil || len(keys) != 1 || keys["cache.nixos.org-1"].String() != DefaultTrustedPublicKey {
+		t.Errorf("default keys %v, %v", keys, err)
+	}
+}
+
+func TestLoadSignatureSettings(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "nix.conf"), []byte("require-sigs = false\nbinary-cache-public-keys = a:x\n"), 0o644)
+	env := map[string]string{
+		"NIX_CONF_DIR":        dir,
+		"NIX_USER_CONF_FILES": filepath.Join(dir, "none.conf"),
+		"NIX_CONFIG":          "extra-trusted-public-keys = b:y\nextra-require-sigs = true\nsecret-key-files = /k",
+	}
+	s, err := Load(func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.RequireSigs || !reflect.DeepEqual(s.TrustedPublicKeys, []string{"a:x", "b:y"}) || !reflect.DeepEqual(s.SecretKeyFiles, []string{"/k"}) {
+		t.Errorf("got require-sigs %v, trusted %q, secret key files %q", s.RequireSigs, s.TrustedPublicKeys, s.SecretKeyFiles)
+	}
+}
+
+func TestPublicKeys(t *testing.T) {
+	dir := t.TempDir()
+	trusted, _ := signature.GenerateSecretKey("trusted-1", nil)
+	own, _ := signature.GenerateSecretKey("own-1", nil)
+	shadowed, _ := signature.GenerateSecretKey("trusted-1", nil)
+	write := func(name, text string) string {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, []byte(text), 0o600)
+		return p
+	}
+	ownFile := write("own.sec", own.Encode()+"\n")
+	shadowFile := write("shadow.sec", shadowed.Encode())
+	s := Default()
+	s.TrustedPublicKeys = []string{trusted.PublicKey().String(), DefaultTrustedPublicKey}
+	// An unreadable secret key file is skipped, as Nix does.
+	s.SecretKeyFiles = []string{filepath.Join(dir, "missing.sec"), dir, ownFile, shadowFile}
+	keys, err := s.PublicKeys()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != 3 || !keys["trusted-1"].Equal(trusted.PublicKey()) || !keys["own-1"].Equal(own.PublicKey()) {
+		t.Errorf("keys %v", keys)
+	}
+	sks, err := (&Settings{SecretKeyFiles: []string{ownFile, shadowFile}}).SecretKeys()
+	if err != nil || len(sks) != 2 || sks[0].Encode() != own.Encode() || sks[1].Encode() != shadowed.Encode() {
+		t.Errorf("secret keys %v, %v", sks, err)
+	}
+
+	// Errors name the bad key, a secret one by its file and name only.
+	s.TrustedPublicKeys = []string{DefaultTrustedPublicKey, "broken:AAAA"}
+	if _, err := s.PublicKeys(); err == nil || !strings.Contains(err.Error(), `"broken:AAAA"`) || !strings.Contains(err.Error(), "trusted-public-keys") {
+		t.Errorf("bad trusted key: %v", err)
+	}
+	bad := write("bad.sec", "mine:"+strings.Repeat("Q", 40))
+	s.TrustedPublicKeys = nil
+	s.SecretKeyFiles = []string{bad}
+	if _, err := s.PublicKeys(); err == nil || !strings.Contains(err.Error(), bad) || !strings.Contains(err.Error(), `"mine"`) || strings.Contains(err.Error(), "QQQQ") {
+		t.Errorf("bad secret key: %v", err)
+	}
+	if _, err := s.SecretKeys(); err == nil || !strings.Contains(err.Error(), bad) {
+		t.Errorf("bad secret key: %v", err)
+	}
+	// Signing, unlike trusting, needs every file readable.
+	s.SecretKeyFiles = []string{filepath.Join(dir, "missing.sec")}
+	if _, err := s.SecretKeys(); err == nil {
+		t.Error("missing secret key file: no error")
 	}
 }

@@ -70,7 +70,9 @@ func (k SecretKey) SignPath(path storepath.Path, narHash hash.Hash, narSize uint
 // Fingerprint's error. A content-addressed path needs no signature:
 // LocalStore::pathInfoIsUntrusted (src/libstore/local-store.cc) accepts a
 // path when require-sigs is off, IsContentAddressed holds, or the count is
-// non-zero.
+// non-zero; otherwise LocalStore::addToStore refuses it ("cannot add path
+// '%s' because it lacks a valid signature"), and an error here makes Nix
+// 2.8 fail the addition with that error instead.
 func (ks PublicKeys) VerifyPath(path storepath.Path, narHash hash.Hash, narSize uint64, refs []storepath.Path, sigs []string) (int, error) {
 	if len(sigs) == 0 {
 		return 0, nil

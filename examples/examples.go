@@ -12,4 +12,9 @@ import "embed"
 var FS embed.FS
 
 // Derivations lists the example derivations in dependency order.
-var Derivations = []string{"hello.json", "chain-a.json", "chain-b.json", "chain-c.json"}
+var Derivations = []string{"hello.json", "chain-a.json", "chain-b.json", "chain-c.json", "greet.json"}
+
+// Sources are the input sources the example derivations use: text objects
+// (as builtins.toFile makes them) named by the key, with the contents of the
+// file of the tree the value names. greet.json uses greeting.txt.
+var Sources = map[string]string{"greeting.txt": "tree/greeting.txt"}

@@ -126,21 +126,25 @@ func TestDemo(t *testing.T) {
 	nixtest.RequireNix(t)
 	dir := t.TempDir()
 	var out, errb bytes.Buffer
-	results, err := runDemo(context.Background(), &Env{Stdout: &out, Stderr: &errb}, filepath.Join(dir, "local"), filepath.Join(dir, "remote"))
+	results, err := runDemo(context.Background(), &Env{Stdout: &out, Stderr: &errb}, nixtest.FerryBin(t), filepath.Join(dir, "local"), filepath.Join(dir, "remote"))
 	if err != nil {
 		t.Fatalf("demo: %v\n%s\n%s", err, out.String(), errb.String())
 	}
-	if len(results) != 4 || !strings.Contains(out.String(), "no .drv file reached the remote") {
+	if len(results) != 5 || !strings.Contains(out.String(), "no .drv file reached the remote") ||
+		!strings.Contains(out.String(), "sent 1 input paths") {
 		t.Fatalf("demo output:\n%s", out.String())
 	}
 	// Real Nix realises the same derivations (written into its store by
 	// ferry derivation add) to the same output paths and contents.
 	nixStore := filepath.Join(dir, "nix")
+	// The input source of greet, as builtins.toFile adds it.
+	nixtest.Nix(t, nil, "nix-instantiate", "--store", nixStore, "--read-write-mode", "--eval", "-E",
+		`builtins.toFile "greeting.txt" (builtins.readFile ../../examples/tree/greeting.txt)`)
 	var drvs []string
-	for _, name := range []string{"hello", "chain-a", "chain-b", "chain-c"} {
+	for _, name := range []string{"hello", "chain-a", "chain-b", "chain-c", "greet"} {
 		drvs = append(drvs, strings.TrimSpace(mustFerry(t, nil, "--store", nixStore, "derivation", "add", filepath.Join("../../examples", name+".json"))))
 	}
-	nixtest.Nix(t, nil, "nix-store", "--store", nixStore, "--realise", drvs[0], drvs[3])
+	nixtest.Nix(t, nil, "nix-store", "--store", nixStore, "--realise", drvs[0], drvs[3], drvs[4])
 	want := nixtest.PathInfos(t, nixStore, "--all")
 	got := nixtest.PathInfos(t, filepath.Join(dir, "local"), "--all")
 	for _, r := range results {

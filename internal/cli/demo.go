@@ -4,16 +4,16 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 
 	"ferry/examples"
-	"ferry/internal/localserve"
+	storecopy "ferry/internal/copy"
 	"ferry/internal/localstore"
 	"ferry/internal/serve"
-	"ferry/internal/settings"
 	"ferry/nix/derivation"
 	"ferry/nix/storepath"
 	"ferry/store"
@@ -31,12 +31,14 @@ type demoResult struct {
 	Outputs map[string]storepath.Path
 }
 
-// cmdDemo plays both ends of a remote build in one process: a client with
-// a local store and the embedded example derivations, and a `ferry serve
-// --write` session on a second store, connected by pipes as ssh would
-// connect them. For each derivation the client sends what the remote lacks
-// of its inputs, sends the derivation itself in memory (BuildDerivation:
-// the remote never sees a .drv file), and copies the outputs back.
+// cmdDemo runs ferry's main job on the embedded examples: a client with a
+// local store builds each example derivation on a remote store reached as
+// ssh://localhost?remote-program=FERRY&remote-store=DIR, which (as in Nix)
+// runs `ferry --serve --write` directly, without sshd. For each derivation
+// the client copies what the remote lacks of its inputs (ferry copy's
+// locked, pipelined copy), sends the derivation itself in memory
+// (BuildDerivation: the remote never sees a .drv file), and copies the
+// outputs back.
 func cmdDemo(ctx context.Context, e *Env, args []string) error {
 	fs := newFlags(e, "demo")
 	keep := fs.Bool("keep", false, "keep the two stores and print where they are")
@@ -47,6 +49,10 @@ func cmdDemo(ctx context.Context, e *Env, args []string) error {
 	if len(ops) != 0 {
 		return usagef("demo takes no operands")
 	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
 	work, err := os.MkdirTemp("", "ferry-demo-")
 	if err != nil {
 		return err
@@ -56,44 +62,45 @@ func cmdDemo(ctx context.Context, e *Env, args []string) error {
 	} else {
 		defer removeAll(work)
 	}
-	_, err = runDemo(ctx, e, filepath.Join(work, "local"), filepath.Join(work, "remote"))
+	_, err = runDemo(ctx, e, self, filepath.Join(work, "local"), filepath.Join(work, "remote"))
 	return err
 }
 
-func runDemo(ctx context.Context, e *Env, localRoot, remoteRoot string) ([]demoResult, error) {
+// demoURI is the remote store of the demo: ferry as the remote program
+// of an ssh://localhost store, which needs no sshd.
+func demoURI(ferry, remoteRoot string) string {
+	q := url.Values{"remote-program": {ferry}, "remote-store": {remoteRoot}}
+	return "ssh://localhost?" + q.Encode()
+}
+
+func runDemo(ctx context.Context, e *Env, ferry, localRoot, remoteRoot string) ([]demoResult, error) {
 	local, err := localstore.Open(localRoot, &localstore.Options{NoSync: true})
 	if err != nil {
 		return nil, err
 	}
 	defer local.Close()
-	remote, err := localstore.Open(remoteRoot, &localstore.Options{NoSync: true})
+	uri := demoURI(ferry, remoteRoot)
+	fmt.Fprintf(e.Stdout, "remote store: %s\n", uri)
+	st, err := store.Open(ctx, uri, &store.OpenOptions{Log: prefixWriter(e.Stderr, "")})
 	if err != nil {
 		return nil, err
 	}
-	defer remote.Close()
-	conf, err := settings.Load(nil)
-	if err != nil {
-		return nil, err
-	}
+	remote := st.(store.Builder)
+	defer st.Close()
 
-	// The remote end: one serve session, as `ferry serve --write` behind ssh.
-	toServer, clientOut := io.Pipe()
-	clientIn, fromServer := io.Pipe()
-	served := make(chan error, 1)
-	go func() {
-		err := serve.NewServer(localserve.NewBackend(remote, conf, nil),
-			&serve.Options{Write: true, Log: prefixWriter(e.Stderr, "remote> ")}).Serve(ctx, toServer, fromServer)
-		fromServer.CloseWithError(fmt.Errorf("server ended: %v", err))
-		toServer.Close()
-		served <- err
-	}()
-	client, err := serve.NewClient(ctx, clientIn, clientOut, storepath.DefaultDir, nil)
-	if err != nil {
-		return nil, err
+	// The input sources, as builtins.toFile would add them.
+	for name, file := range examples.Sources {
+		data, err := examples.FS.ReadFile(file)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := local.AddText(ctx, name, data, nil); err != nil {
+			return nil, err
+		}
 	}
-
 	drvs := map[storepath.Path]*derivation.Derivation{}
 	var results []demoResult
+	var copied, sentBytes int
 	for _, name := range examples.Derivations {
 		data, err := examples.FS.ReadFile(name)
 		if err != nil {
@@ -111,24 +118,25 @@ func runDemo(ctx context.Context, e *Env, localRoot, remoteRoot string) ([]demoR
 			return nil, err
 		}
 		drvs[drvPath] = drv
-		res, err := demoBuild(ctx, client, local, drvs, drvPath, drv)
+		res, sent, err := demoBuild(ctx, st, remote, local, drvs, drvPath, drv)
 		if err != nil {
 			return nil, err
 		}
+		copied += len(sent.Copied)
+		sentBytes += int(sent.Bytes)
 		results = append(results, *res)
-		fmt.Fprintf(e.Stdout, "%-8s %-13s on the remote from an in-memory derivation\n", drv.Name, res.Status)
+		fmt.Fprintf(e.Stdout, "%-8s %-13s on the remote from an in-memory derivation (sent %d input paths)\n", drv.Name, res.Status, len(sent.Copied))
 		for _, o := range sortedKeys(res.Outputs) {
 			fmt.Fprintf(e.Stdout, "         %-4s %s\n", o, res.Outputs[o])
 		}
 	}
-	clientOut.Close()
-	if err := <-served; err != nil {
+	if err := st.Close(); err != nil {
 		return nil, fmt.Errorf("serve session: %w", err)
 	}
 
 	// What the mission promises: the remote built everything without ever
 	// holding a .drv file, and the outputs came back complete.
-	entries, err := os.ReadDir(remote.RealDir())
+	entries, err := os.ReadDir(filepath.Join(remoteRoot, "nix/store"))
 	if err != nil {
 		return nil, err
 	}
@@ -149,13 +157,13 @@ func runDemo(ctx context.Context, e *Env, localRoot, remoteRoot string) ([]demoR
 	if err != nil {
 		return nil, err
 	}
-	fmt.Fprintf(e.Stdout, "no .drv file reached the remote; outputs copied back and verified\n%s/message: %s", last.Outputs["out"], msg)
+	fmt.Fprintf(e.Stdout, "sent %d input paths (%d bytes); no .drv file reached the remote; outputs copied back and verified\n%s/message:\n%s", copied, sentBytes, last.Outputs["out"], msg)
 	return results, nil
 }
 
-// demoBuild sends drv's missing inputs, builds it remotely in memory and
-// copies its outputs back into local.
-func demoBuild(ctx context.Context, c *serve.Client, local *localstore.Store, drvs map[storepath.Path]*derivation.Derivation, drvPath storepath.Path, drv *derivation.Derivation) (*demoResult, error) {
+// demoBuild copies what the remote lacks of drv's inputs, builds it
+// remotely in memory and copies its outputs back into local.
+func demoBuild(ctx context.Context, st store.Store, remote store.Builder, local *localstore.Store, drvs map[storepath.Path]*derivation.Derivation, drvPath storepath.Path, drv *derivation.Derivation) (*demoResult, *storecopy.Result, error) {
 	basic, err := serve.BasicDerivation(drv, func(p storepath.Path) (map[string]storepath.Path, error) {
 		in, ok := drvs[p]
 		if !ok {
@@ -164,71 +172,29 @@ func demoBuild(ctx context.Context, c *serve.Client, local *localstore.Store, dr
 		return in.OutputPaths(), nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	// Ask what the remote has, locking it there for the session, and send
-	// only the rest of the input closure, references first.
-	closure, err := local.QueryClosure(ctx, basic.InputSrcs, false)
+	// The locked query over the input closure, then only what is missing.
+	sent, err := storecopy.Copy(ctx, local, st, basic.InputSrcs, nil)
 	if err != nil {
-		return nil, err
+		return nil, nil, fmt.Errorf("copy inputs of %s: %w", drvPath, err)
 	}
-	have, err := c.QueryValidPaths(ctx, closure, true, false)
+	res, err := remote.BuildDerivation(ctx, drvPath, basic, nil, nil)
 	if err != nil {
-		return nil, err
-	}
-	missing := without(closure, have)
-	sorted, err := localstore.TopoSort(missing, func(p storepath.Path) []storepath.Path {
-		refs, _ := local.QueryReferences(ctx, p)
-		return refs
-	})
-	if err != nil {
-		return nil, err
-	}
-	for _, p := range sorted {
-		info, err := local.QueryPathInfo(ctx, p)
-		if err != nil {
-			return nil, err
-		}
-		pr, pw := io.Pipe()
-		go func() { pw.CloseWithError(local.NarFromPath(ctx, p, pw)) }()
-		if err := c.AddToStoreNar(ctx, info, pr); err != nil {
-			return nil, fmt.Errorf("send %s: %w", p, err)
-		}
-	}
-	res, err := c.BuildDerivation(ctx, drvPath, basic, nil)
-	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if !res.Status.Success() {
-		return nil, fmt.Errorf("build of %s failed (%v): %s", drvPath, res.Status, res.ErrorMsg)
+		return nil, nil, fmt.Errorf("build of %s failed (%v): %s", drvPath, res.Status, res.ErrorMsg)
 	}
 	outs := drv.OutputPaths()
 	var paths []storepath.Path
 	for _, p := range outs {
 		paths = append(paths, p)
 	}
-	infos, err := c.QueryPathInfos(ctx, paths)
-	if err != nil {
-		return nil, err
+	if _, err := storecopy.Copy(ctx, st, local, paths, nil); err != nil {
+		return nil, nil, fmt.Errorf("copy back the outputs of %s: %w", drvPath, err)
 	}
-	for _, info := range infos {
-		pr, pw := io.Pipe()
-		added := make(chan error, 1)
-		go func() {
-			err := local.AddToStoreNar(ctx, info, pr)
-			pr.CloseWithError(err)
-			added <- err
-		}()
-		err := c.DumpStorePath(ctx, info.Path, pw)
-		pw.CloseWithError(err)
-		if aerr := <-added; err == nil {
-			err = aerr
-		}
-		if err != nil {
-			return nil, fmt.Errorf("copy back %s: %w", info.Path, err)
-		}
-	}
-	return &demoResult{Name: drv.Name, DrvPath: drvPath, Status: res.Status, Outputs: outs}, nil
+	return &demoResult{Name: drv.Name, DrvPath: drvPath, Status: res.Status, Outputs: outs}, sent, nil
 }
 
 func without(all, have []storepath.Path) []storepath.Path {

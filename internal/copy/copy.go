@@ -269,11 +269,19 @@ func narSource(ctx context.Context, src store.Store, send []*store.PathInfo, p P
 		})
 		close(next)
 	}()
+	consumed := 0
+	var dumpErr error
+	finished := false
+	wait := func() error {
+		if !finished {
+			dumpErr, finished = <-dumped, true
+		}
+		return dumpErr
+	}
 	nars = func(_ context.Context, info *store.PathInfo, w io.Writer) error {
 		n, ok := <-next
 		if !ok {
-			if err := <-dumped; err != nil {
-				dumped <- err
+			if err := wait(); err != nil {
 				return err
 			}
 			return fmt.Errorf("read %s: the source sent no more NARs", info.Path)
@@ -285,9 +293,22 @@ func narSource(ctx context.Context, src store.Store, send []*store.PathInfo, p P
 		}
 		_, err := io.Copy(count(info, w), n.r)
 		n.done <- err
+		if err == nil {
+			consumed++
+		}
 		return err
 	}
-	return nars, cancel
+	// stop lets a stream that was read to its end finish its exchange (so
+	// the session stays usable); one cut short is cancelled, which ends
+	// the source's session.
+	stop = func() {
+		if consumed < len(send) {
+			cancel()
+		}
+		wait()
+		cancel()
+	}
+	return nars, stop
 }
 
 type countingWriter struct {

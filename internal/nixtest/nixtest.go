@@ -8,11 +8,13 @@ package nixtest
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -145,4 +147,41 @@ func PathInfos(t testing.TB, store string, args ...string) map[string]PathInfo {
 		m[p.Path] = p
 	}
 	return m
+}
+
+var (
+	ferryOnce sync.Once
+	ferryDir  string
+	ferryPath string
+	ferryErr  error
+)
+
+// FerryBin builds the ferry command once per test binary and returns its
+// absolute path: sshd runs it as a forced command or remote-program, so it
+// must be a real executable, not the test binary. A TestMain may call
+// RemoveFerryBin when the tests are done.
+func FerryBin(t testing.TB) string {
+	t.Helper()
+	ferryOnce.Do(func() {
+		ferryDir, ferryErr = os.MkdirTemp("", "ferry-bin-")
+		if ferryErr != nil {
+			return
+		}
+		ferryPath = filepath.Join(ferryDir, "ferry")
+		out, err := exec.Command("go", "build", "-o", ferryPath, "ferry/cmd/ferry").CombinedOutput()
+		if err != nil {
+			ferryErr = fmt.Errorf("go build ferry/cmd/ferry: %v\n%s", err, out)
+		}
+	})
+	if ferryErr != nil {
+		t.Fatal(ferryErr)
+	}
+	return ferryPath
+}
+
+// RemoveFerryBin removes what FerryBin built.
+func RemoveFerryBin() {
+	if ferryDir != "" {
+		os.RemoveAll(ferryDir)
+	}
 }

@@ -24,7 +24,6 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 
 	"ferry/internal/nixtest"
@@ -44,40 +43,12 @@ func TestMain(m *testing.M) {
 		os.Exit(relayMain(ctl, os.Args[1:]))
 	}
 	code := m.Run()
-	if ferryDir != "" {
-		os.RemoveAll(ferryDir)
-	}
+	nixtest.RemoveFerryBin()
 	os.Exit(code)
 }
 
-var (
-	ferryOnce sync.Once
-	ferryDir  string
-	ferryPath string
-	ferryErr  error
-)
-
-// ferryBin builds the ferry command once per test binary and returns its
-// absolute path: sshd runs it as a forced command or remote-program, so it
-// must be a real executable, not this test binary.
-func ferryBin(t *testing.T) string {
-	t.Helper()
-	ferryOnce.Do(func() {
-		ferryDir, ferryErr = os.MkdirTemp("", "ferry-bin-")
-		if ferryErr != nil {
-			return
-		}
-		ferryPath = filepath.Join(ferryDir, "ferry")
-		out, err := exec.Command("go", "build", "-o", ferryPath, "ferry/cmd/ferry").CombinedOutput()
-		if err != nil {
-			ferryErr = fmt.Errorf("go build ferry/cmd/ferry: %v\n%s", err, out)
-		}
-	})
-	if ferryErr != nil {
-		t.Fatal(ferryErr)
-	}
-	return ferryPath
-}
+// ferryBin is nixtest.FerryBin.
+func ferryBin(t *testing.T) string { return nixtest.FerryBin(t) }
 
 // requireSSHInterop checks for every tool these tests run.
 func requireSSHInterop(t *testing.T) {

@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"ferry/internal/serve"
+	"ferry/nix/derivation"
 	"ferry/nix/storepath"
 	"ferry/store"
 )
@@ -136,6 +137,7 @@ var (
 	_ store.Closurer        = (*Store)(nil)
 	_ store.MultiAdder      = (*Store)(nil)
 	_ store.MultiDumper     = (*Store)(nil)
+	_ store.Builder         = (*Store)(nil)
 )
 
 // Command returns the argv that opens a session with the store u names, as
@@ -604,3 +606,33 @@ func (l *stderrLog) Quote() string {
 type closerFunc func()
 
 func (f closerFunc) Close() error { f(); return nil }
+
+// BuildDerivation sends drv in memory (BuildDerivation) and builds it on
+// the remote; its inputs must be there already. The remote's build log
+// arrives on its stderr, which goes where the store's log goes; log is
+// not used.
+func (s *Store) BuildDerivation(ctx context.Context, drvPath storepath.Path, drv *derivation.Derivation, settings *store.BuildSettings, log io.Writer) (*store.BuildResult, error) {
+	res, err := s.client.BuildDerivation(ctx, drvPath, drv, settings)
+	if err != nil {
+		return nil, s.fail(err)
+	}
+	return res.Store(), nil
+}
+
+// BuildPaths has the remote realise paths it holds (BuildPaths). The
+// protocol gives one status for all of them: each result carries it.
+func (s *Store) BuildPaths(ctx context.Context, paths []store.DerivedPath, settings *store.BuildSettings, log io.Writer) ([]*store.BuildResult, error) {
+	rep, err := s.client.BuildPaths(ctx, paths, settings)
+	if err != nil {
+		return nil, s.fail(err)
+	}
+	results := make([]*store.BuildResult, len(paths))
+	for i := range paths {
+		if rep.Status == 0 {
+			results[i] = &store.BuildResult{Status: store.Built}
+		} else {
+			results[i] = &store.BuildResult{Status: store.MiscFailure, ErrorMsg: rep.Message}
+		}
+	}
+	return results, nil
+}

@@ -1,0 +1,77 @@
+package sshstore_test
+
+import (
+	"context"
+	"io"
+	"net/url"
+	"testing"
+
+	"ferry/internal/localserve"
+	"ferry/internal/localstore"
+	"ferry/internal/nixtest"
+	"ferry/internal/serve"
+	"ferry/internal/sshstore"
+	"ferry/internal/storetest"
+	"ferry/store"
+)
+
+// pipeStore returns the ssh store over a pipe to an in-process ferry serve
+// --write session on the local store at root.
+func pipeStore(t *testing.T, root string) store.Store {
+	t.Helper()
+	ctx := context.Background()
+	local, err := localstore.Open(root, &localstore.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	toServer, clientOut := io.Pipe()
+	clientIn, fromServer := io.Pipe()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		err := serve.NewServer(localserve.NewBackend(local, nil, nil), &serve.Options{Write: true}).Serve(ctx, toServer, fromServer)
+		fromServer.CloseWithError(io.EOF)
+		toServer.CloseWithError(io.ErrClosedPipe)
+		local.Close() // the session's end releases its temp roots
+		_ = err
+	}()
+	st, err := sshstore.NewStore(ctx, "in-process", clientIn, clientOut, done, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func TestConformanceInProcess(t *testing.T) {
+	storetest.Run(t, &storetest.Harness{Open: pipeStore, Reopen: pipeStore})
+}
+
+// nixServeStore is the ssh store against real nix-store --serve, run
+// directly as Nix does for ssh://localhost.
+func nixServeStore(t *testing.T, root string) store.Store {
+	t.Helper()
+	nixtest.RequireNix(t)
+	for _, kv := range nixtest.Env(t.TempDir()) {
+		k, v, _ := cut(kv)
+		t.Setenv(k, v)
+	}
+	q := url.Values{"remote-program": {"nix-store"}, "remote-store": {root}}
+	st, err := store.Open(context.Background(), "ssh://localhost?"+q.Encode(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func cut(kv string) (string, string, bool) {
+	for i := 0; i < len(kv); i++ {
+		if kv[i] == '=' {
+			return kv[:i], kv[i+1:], true
+		}
+	}
+	return kv, "", false
+}
+
+func TestConformanceNixServe(t *testing.T) {
+	storetest.Run(t, &storetest.Harness{Open: nixServeStore, Reopen: nixServeStore})
+}

@@ -254,13 +254,26 @@ func TestRaceCopyVersusGC(t *testing.T) {
 	p := strings.Trim(strings.TrimSpace(runTool(t, env, "nix-instantiate", "--store", src, "--read-write-mode", "--eval", "-E",
 		fmt.Sprintf(`builtins.toFile "p" "uses ${builtins.storePath %q} and ${builtins.storePath %q}"`, pathA, pathB))), `"`)
 
+	nixServe := []string{"nix-store", "--serve", "--write", "--store"}
+	ferryServe := []string{ferry, "serve", "--write", "--store"}
+	nixCopy := func(uri string) []string {
+		return []string{"nix", "copy", "--no-check-sigs", "--from", src, "--to", uri, p}
+	}
+	// ferry copy asks with lock=1 over the whole closure in the query the
+	// relay holds, so even stock nix-store --serve roots A and B first.
+	ferryCopy := func(uri string) []string {
+		return []string{ferry, "copy", "--store", src, "--to", uri, p}
+	}
 	for _, tc := range []struct {
 		name    string
 		server  []string // argv behind the relay; DST is appended
+		client  func(uri string) []string
 		wantErr bool
 	}{
-		{"nix-store --serve", []string{"nix-store", "--serve", "--write", "--store"}, true},
-		{"ferry serve", []string{ferry, "serve", "--write", "--store"}, false},
+		{"nix copy into nix-store --serve", nixServe, nixCopy, true},
+		{"nix copy into ferry serve", ferryServe, nixCopy, false},
+		{"ferry copy into nix-store --serve", nixServe, ferryCopy, false},
+		{"ferry copy into ferry serve", ferryServe, ferryCopy, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dst := filepath.Join(t.TempDir(), "dst")
@@ -301,12 +314,13 @@ func TestRaceCopyVersusGC(t *testing.T) {
 			}
 
 			// The client, through sshd and the relay.
-			argv := append(append([]string{self}, tc.server...), dst)
+			relayed := append(append([]string{self}, tc.server...), dst)
 			s := sshtest.Start(t, &sshtest.Options{
-				ForcedCommand: strings.Join(argv, " "),
+				ForcedCommand: strings.Join(relayed, " "),
 				Env:           []string{relayEnv + "=" + ctl},
 			})
-			cp := exec.Command("nix", "copy", "--no-check-sigs", "--from", src, "--to", s.URI(), p)
+			argv := tc.client(s.URI())
+			cp := exec.Command(argv[0], argv[1:]...)
 			cp.Env = append(append([]string{}, env...), s.Env()...)
 			var cpOut bytes.Buffer
 			cp.Stdout, cp.Stderr = &cpOut, &cpOut
@@ -349,7 +363,7 @@ func TestRaceCopyVersusGC(t *testing.T) {
 			select {
 			case <-cpDone:
 			case <-time.After(30 * time.Second):
-				t.Fatalf("nix copy did not finish\n%s", cpOut.String())
+				t.Fatalf("the copy did not finish\n%s", cpOut.String())
 			}
 			if tc.wantErr {
 				// The race as Nix loses it: the GC took A and B.
@@ -375,7 +389,7 @@ func TestRaceCopyVersusGC(t *testing.T) {
 				t.Errorf("the GC deleted paths ferry reported valid: %v, %v\n%s", errA, errB, gcOut.String())
 			}
 			if cpErr != nil {
-				t.Fatalf("nix copy into ferry serve: %v\n%s", cpErr, cpOut.String())
+				t.Fatalf("%s: %v\n%s", tc.name, cpErr, cpOut.String())
 			}
 			runTool(t, env, "nix-store", "--store", dst, "--check-validity", pathA, pathB, p)
 			verifyStore(t, env, dst)

@@ -114,6 +114,9 @@ func runCopy(ctx context.Context, e *Env, f *copyFlags, args []string) error {
 		err = fmt.Errorf("close %s: %w", toURI, cerr)
 	}
 	if err != nil {
+		if ctx.Err() != nil {
+			err = fmt.Errorf("interrupted (only complete paths were made valid; copy again to send the rest)")
+		}
 		return fmt.Errorf("copy to %s: %w", displayURI(toURI), err)
 	}
 	if f.json {
@@ -147,59 +150,177 @@ func isTerminal(w io.Writer) bool {
 	return ok && term.IsTerminal(int(f.Fd()))
 }
 
-// copyProgress is the live display of a copy on a terminal: paths and
-// bytes done of the total, rate, ETA, and the path being sent.
+// copyProgress is the live display of a copy on a terminal: one line with
+// the bar, the bytes sent of the total and the rate (progressbar), then the
+// paths the destination has accepted of the total, the time left and the
+// path being sent. The line is cut to the terminal's width so that it never
+// wraps (a wrapped line is redrawn one line lower each time). It is first
+// drawn when the first path is sent, after what the sessions print at -v,
+// and it ends as a summary line.
 type copyProgress struct {
 	w          io.Writer
 	bar        *progressbar.ProgressBar
-	paths      int
-	done       int
-	started    bool
-	totalBytes uint64
+	paths      int       // paths to send
+	done       int       // paths the destination has accepted
+	totalBytes uint64    // their NAR bytes
+	sent       uint64    // NAR bytes sent so far
+	current    string    // the name of the path being sent
+	barWidth   int       // the bar's width, chosen at Start
+	start      time.Time // Start
+	firstByte  time.Time // the first Sending, where the rate is counted from
+	described  time.Time // the last describe
 }
+
+const (
+	// progressRefresh is how often the time left is recomputed.
+	progressRefresh = 250 * time.Millisecond
+	// progressFixed is the width of the line without the bar and the
+	// description: the percentage, the bar's ends, "(1023 MiB/1023 MiB,
+	// 1023 MiB/s)" at the most, the spaces between, and a column kept
+	// free so the cursor never sits past the last one.
+	progressFixed = 43
+	// progressBar is the bar's width when the terminal has room;
+	// progressMinBar when it has not.
+	progressBar, progressMinBar = 30, 10
+	// progressRoom is what the bar leaves the description at least, if
+	// the terminal has room for it.
+	progressRoom = 40
+)
 
 func newCopyProgress(w io.Writer) *copyProgress { return &copyProgress{w: w} }
 
 func (c *copyProgress) Start(paths int, bytes uint64) {
 	c.paths, c.totalBytes = paths, bytes
+	c.start = time.Now()
 	if paths == 0 {
 		return
 	}
-	c.started = true
-	c.bar = progressbar.NewOptions64(int64(bytes),
+	c.barWidth = min(max(c.termWidth()-progressFixed-progressRoom, progressMinBar), progressBar)
+	total := int64(bytes)
+	if total <= 0 {
+		total = 1 // progressbar wants a positive total; finish shows the truth
+	}
+	c.bar = progressbar.NewOptions64(total,
 		progressbar.OptionSetWriter(c.w),
 		progressbar.OptionShowBytes(true),
+		progressbar.OptionShowCount(),
 		progressbar.OptionShowTotalBytes(true),
-		progressbar.OptionSetPredictTime(true),
-		progressbar.OptionSetElapsedTime(true),
+		progressbar.OptionUseIECUnits(true),
+		progressbar.OptionSetPredictTime(false), // the time left is in the description
+		progressbar.OptionSetElapsedTime(false),
 		progressbar.OptionShowDescriptionAtLineEnd(),
-		progressbar.OptionSetWidth(24),
+		progressbar.OptionSetWidth(c.barWidth), // narrowed by progressbar if it must
 		progressbar.OptionThrottle(100*time.Millisecond),
-		progressbar.OptionSetRenderBlankState(true),
+		progressbar.OptionSetRenderBlankState(false),
 		progressbar.OptionUseANSICodes(true),
-		progressbar.OptionFullWidth(),
 	)
-	c.describe("")
 }
 
-func (c *copyProgress) describe(name string) {
-	c.bar.Describe(fmt.Sprintf("%d/%d paths %s", c.done, c.paths, name))
+// describe sets the text after the bar, cut to what the terminal leaves.
+func (c *copyProgress) describe() {
+	now := time.Now()
+	c.described = now
+	d := fmt.Sprintf("%d/%d paths", c.done, c.paths)
+	if !c.firstByte.IsZero() && c.sent > 0 && c.sent < c.totalBytes {
+		if el := now.Sub(c.firstByte); el >= 500*time.Millisecond {
+			left := time.Duration(float64(el) * float64(c.totalBytes-c.sent) / float64(c.sent))
+			if left < time.Second {
+				d += ", ETA <1s"
+			} else {
+				d += ", ETA " + left.Round(time.Second).String()
+			}
+		}
+	}
+	if c.current != "" {
+		d += ": " + c.current
+	}
+	c.bar.Describe(cut(d, c.descriptionWidth()))
 }
 
-func (c *copyProgress) Sending(info *store.PathInfo) { c.describe(info.Path.Name()) }
+// descriptionWidth is how wide the description may be: what the
+// terminal leaves beside the bar, or, on a terminal made too narrow for
+// that, beside none (progressbar then narrows the bar to fit).
+func (c *copyProgress) descriptionWidth() int {
+	width := c.termWidth()
+	if n := width - progressFixed - c.barWidth; n >= 12 {
+		return n
+	}
+	return max(width-progressFixed, 0)
+}
 
-func (c *copyProgress) Wrote(n int) { c.bar.Add(n) }
+// termWidth is the width of the terminal the display is on (80 if unknown).
+func (c *copyProgress) termWidth() int {
+	if f, ok := c.w.(*os.File); ok {
+		if w, _, err := term.GetSize(int(f.Fd())); err == nil && w > 0 {
+			return w
+		}
+	}
+	return 80
+}
+
+// cut shortens s to n columns, ending it with "…" if it was longer.
+func cut(s string, n int) string {
+	r := []rune(s)
+	if len(r) <= n {
+		return s
+	}
+	if n <= 0 {
+		return ""
+	}
+	return string(r[:n-1]) + "…"
+}
+
+func (c *copyProgress) Sending(info *store.PathInfo) {
+	if c.firstByte.IsZero() {
+		c.firstByte = time.Now()
+	}
+	c.current = info.Path.Name()
+	c.describe()
+}
+
+func (c *copyProgress) Wrote(n int) {
+	c.sent += uint64(n)
+	c.bar.Add(n)
+	if time.Since(c.described) >= progressRefresh {
+		c.describe()
+	}
+}
 
 func (c *copyProgress) Added(info *store.PathInfo) {
 	c.done++
-	c.describe(info.Path.Name())
+	c.describe()
 }
 
+// finish replaces the bar with a summary line: what was copied, how fast,
+// and, after a failure, of how much.
 func (c *copyProgress) finish() {
-	if !c.started {
+	if c.bar == nil {
 		return
 	}
-	c.describe("")
-	c.bar.Finish()
-	fmt.Fprintln(c.w)
+	el := time.Since(c.start)
+	line := fmt.Sprintf("copied %d/%d paths, %s", c.done, c.paths, humanBytes(c.sent))
+	if c.done < c.paths {
+		line += " of " + humanBytes(c.totalBytes)
+	}
+	line += " in " + el.Round(10*time.Millisecond).String()
+	if s := el.Seconds(); s > 0 {
+		line += fmt.Sprintf(" (%s/s)", humanBytes(uint64(float64(c.sent)/s)))
+	}
+	// Back to the start of the bar's line, cleared.
+	fmt.Fprintf(c.w, "\r\033[2K%s\n", line)
+}
+
+// humanBytes writes n with IEC units, as the bar does.
+func humanBytes(n uint64) string {
+	if n < 1024 {
+		return fmt.Sprintf("%d B", n)
+	}
+	v, unit := float64(n)/1024, "KiB"
+	for _, u := range []string{"MiB", "GiB", "TiB", "PiB", "EiB"} {
+		if v < 1024 {
+			break
+		}
+		v, unit = v/1024, u
+	}
+	return fmt.Sprintf("%.1f %s", v, unit)
 }

@@ -23,15 +23,19 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"ferry/internal/serve"
 	"ferry/nix/derivation"
@@ -100,6 +104,7 @@ func parseParams(u *store.URI) (*Params, []string, error) {
 			unknown = append(unknown, k)
 		}
 	}
+	sort.Strings(unknown)
 	return p, unknown, nil
 }
 
@@ -120,6 +125,10 @@ type Store struct {
 	client *serve.Client
 	cmd    *exec.Cmd
 	stdin  io.WriteCloser
+	stdout *os.File // the read end of the remote's stdout; Wait leaves it open
+	// group: the remote program runs in its own process group (localhost,
+	// without ssh), which kill ends as a whole.
+	group  bool
 	stderr *stderrLog
 	dir    storepath.Dir
 	waited chan struct{} // closed when cmd has exited
@@ -154,10 +163,10 @@ func Command(u *store.URI, p *Params, knownHosts string) (argv []string, err err
 	if p.RemoteStore != "" {
 		cmd += " --store " + shellEscape(p.RemoteStore)
 	}
-	hostPort, port := splitPort(host)
-	if hostName(hostPort) == "localhost" && port == "" {
+	if isLocal(host) {
 		return []string{"sh", "-c", cmd}, nil
 	}
+	hostPort, port := splitPort(host)
 	argv = []string{"ssh", hostPort, "-x", "-a"}
 	argv = append(argv, strings.Fields(os.Getenv("NIX_SSHOPTS"))...)
 	if p.SSHKey != "" {
@@ -175,6 +184,23 @@ func Command(u *store.URI, p *Params, knownHosts string) (argv []string, err err
 	return append(argv, cmd), nil
 }
 
+// isLocal reports whether the remote program runs without ssh: for the
+// host "localhost" with neither user nor port, as Nix's fakeSSH (2.8.0:
+// src/libstore/ssh.cc) compares the whole host with "localhost".
+func isLocal(host string) bool { return host == "localhost" }
+
+// knownHostsLine is the known_hosts line that pins key for host
+// ([user@]host[:port]): ssh looks a host up as "[host]:port" when the port
+// is not 22.
+func knownHostsLine(host string, key []byte) string {
+	hp, port := splitPort(host)
+	name := strings.Trim(hostName(hp), "[]")
+	if port != "" && port != "22" {
+		name = "[" + name + "]:" + port
+	}
+	return fmt.Sprintf("%s %s\n", name, key)
+}
+
 // splitPort splits "user@host:port" into "user@host" and "port"
 // ("[v6]:port" too).
 func splitPort(host string) (string, string) {
@@ -189,7 +215,15 @@ func splitPort(host string) (string, string) {
 	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
 		return host, ""
 	}
-	return strings.Trim(host[:i], "[]"), port
+	userHost := host[:i]
+	user, name := "", userHost
+	if j := strings.LastIndexByte(userHost, '@'); j >= 0 {
+		user, name = userHost[:j+1], userHost[j+1:]
+	}
+	if strings.HasPrefix(name, "[") && strings.HasSuffix(name, "]") {
+		name = name[1 : len(name)-1]
+	}
+	return user + name, port
 }
 
 func hostName(userHost string) string {
@@ -235,9 +269,11 @@ func Open(ctx context.Context, u *store.URI, opts *store.OpenOptions) (*Store, e
 			return nil, err
 		}
 		knownHosts = f.Name()
-		hp, _ := splitPort(u.Authority)
-		fmt.Fprintf(f, "%s %s\n", hostName(hp), p.HostKey)
-		f.Close()
+		_, werr := f.WriteString(knownHostsLine(u.Authority, p.HostKey))
+		if err := errors.Join(werr, f.Close()); err != nil {
+			os.Remove(knownHosts)
+			return nil, err
+		}
 		// ssh reads it while connecting; it is removed once the
 		// handshake is over.
 		defer os.Remove(knownHosts)
@@ -246,24 +282,43 @@ func Open(ctx context.Context, u *store.URI, opts *store.OpenOptions) (*Store, e
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{uri: u.Raw, host: u.Authority, dir: storepath.DefaultDir, waited: make(chan struct{})}
+	s := &Store{uri: u.Raw, host: u.Authority, dir: storepath.DefaultDir, waited: make(chan struct{}), group: isLocal(u.Authority)}
 	s.stderr = newStderrLog(logw, u.Authority+"> ")
 	// The process is not tied to ctx: the store outlives the call that
 	// opened it, and Close ends the session cleanly.
 	s.cmd = exec.Command(argv[0], argv[1:]...)
 	s.cmd.Stderr = s.stderr
+	// A child the remote program leaves behind may hold stderr open:
+	// Wait does not wait for it longer than this.
+	s.cmd.WaitDelay = time.Second
+	if s.group {
+		// The local remote program and whatever it starts (a script's
+		// children) are killed together. ssh keeps the terminal's
+		// process group, for its password and host-key prompts.
+		s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	}
 	s.stdin, err = s.cmd.StdinPipe()
 	if err != nil {
 		return nil, err
 	}
-	stdout, err := s.cmd.StdoutPipe()
+	// Not StdoutPipe: Wait closes that as soon as the process has
+	// exited, losing what a peer printed before exiting (a banner), and
+	// a read blocked on it would wait for every child holding it.
+	stdout, stdoutW, err := os.Pipe()
 	if err != nil {
+		s.stdin.Close()
 		return nil, err
 	}
+	s.stdout = stdout
+	s.cmd.Stdout = stdoutW
 	if opts.Verbose {
 		fmt.Fprintf(logw, "%s: running %s\n", u.Raw, strings.Join(argv, " "))
 	}
-	if err := s.cmd.Start(); err != nil {
+	err = s.cmd.Start()
+	stdoutW.Close()
+	if err != nil {
+		s.stdin.Close()
+		stdout.Close()
 		return nil, fmt.Errorf("open %s: %w", u.Raw, err)
 	}
 	go func() {
@@ -301,55 +356,103 @@ func Open(ctx context.Context, u *store.URI, opts *store.OpenOptions) (*Store, e
 	case <-time.After(timeout):
 		s.kill()
 		<-done
-		return nil, fmt.Errorf("open %s: no answer from '%s' within %v%s", u.Raw, u.Authority, timeout, s.stderr.Quote())
+		s.reap()
+		got := ""
+		if t := said.describe(); t != "" {
+			got = fmt.Sprintf("; it said %s", t)
+		}
+		return nil, fmt.Errorf("open %s: '%s' did not answer the 'nix-store --serve' handshake within %v (connect-timeout)%s%s", u.Raw, u.Authority, timeout, got, s.stderr.Quote())
 	case <-ctx.Done():
 		s.kill()
 		<-done
-		return nil, ctx.Err()
+		s.reap()
+		return nil, fmt.Errorf("open %s: %w", u.Raw, ctx.Err())
 	}
+}
+
+// reap waits for the killed session to end, briefly: its last stderr
+// lines are then in s.stderr.
+func (s *Store) reap() {
+	select {
+	case <-s.waited:
+	case <-time.After(2 * time.Second):
+	}
+}
+
+// exitText describes how the process ended, once s.waited is closed.
+func (s *Store) exitText() string {
+	select {
+	case <-s.waited:
+	default:
+		return ""
+	}
+	ps := s.cmd.ProcessState
+	if ps == nil {
+		return ""
+	}
+	who := "ssh"
+	if s.group {
+		who = "the remote program"
+	}
+	return fmt.Sprintf(" (%s ended: %v)", who, ps)
 }
 
 // openFailed explains a failed handshake the way Nix does ("'nix-store
 // --serve' protocol mismatch from 'HOST', got '...'"), quoting what the
-// other end printed on stdout and stderr.
+// other end printed on stdout and stderr and how it ended.
 func (s *Store) openFailed(ctx context.Context, err error, said *headRecorder) error {
 	if ctx.Err() != nil {
 		s.kill()
-		return ctx.Err()
+		s.reap()
+		return fmt.Errorf("open %s: %w", s.uri, ctx.Err())
 	}
-	// Let the peer finish what it is saying (a banner, then exit).
+	// Let the peer finish what it is saying (a banner, then exit), and
+	// keep the rest of what it printed.
 	s.stdin.Close()
 	select {
 	case <-s.waited:
 	case <-time.After(2 * time.Second):
 		s.kill()
+		s.reap()
 	}
-	got := strings.TrimRight(said.String(), "\n")
-	exit := ""
-	if s.waitErr != nil {
-		exit = fmt.Sprintf(" (the remote program ended: %v)", s.waitErr)
+	s.stdout.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	io.CopyN(io.Discard, said, 64<<10)
+	s.stdout.Close()
+	exit, quote := s.exitText(), s.stderr.Quote()
+	if v, ok := said.version(); ok && serve.Major(v) != 0x200 {
+		return fmt.Errorf("open %s: unsupported 'nix-store --serve' protocol version on '%s': it speaks %d.%d (%#x), ferry speaks 2.x%s%s", s.uri, s.host, serve.Major(v)>>8, serve.Minor(v), v, exit, quote)
 	}
-	switch {
-	case strings.HasPrefix(err.Error(), "unsupported"):
-		return fmt.Errorf("open %s: unsupported 'nix-store --serve' protocol version on '%s': %v%s", s.uri, s.host, err, s.stderr.Quote())
-	case errors.Is(err, serve.ErrProtocolMismatch) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || got == "":
-		return fmt.Errorf("open %s: 'nix-store --serve' protocol mismatch from '%s', got '%s'%s%s", s.uri, s.host, printable(got), exit, s.stderr.Quote())
+	if got := said.describe(); got != "" {
+		return fmt.Errorf("open %s: 'nix-store --serve' protocol mismatch from '%s', got %s%s%s", s.uri, s.host, got, exit, quote)
 	}
-	return fmt.Errorf("open %s: %v%s%s", s.uri, err, exit, s.stderr.Quote())
+	if exit == "" {
+		exit = fmt.Sprintf(" (%v)", err)
+	}
+	// Nix 2.8 says "cannot connect to 'HOST'" when the peer hangs up.
+	return fmt.Errorf("open %s: cannot connect to '%s': it said nothing%s%s", s.uri, s.host, exit, quote)
 }
 
-// printable keeps what a peer said readable in one error line.
+// printable keeps what a peer said readable in one error line: control
+// characters and bytes that are not UTF-8 escaped, at most 512 bytes.
 func printable(s string) string {
 	var b strings.Builder
-	for _, r := range s {
+	for i := 0; i < len(s); {
+		if i >= 512 {
+			b.WriteString("...")
+			break
+		}
+		r, n := utf8.DecodeRuneInString(s[i:])
 		switch {
 		case r == '\n':
 			b.WriteString("\\n")
-		case r < ' ' || r == 0x7f || r == '\uFFFD':
+		case r == utf8.RuneError && n == 1:
+			fmt.Fprintf(&b, "\\x%02x", s[i])
+		case r < ' ' || r == 0x7f:
 			fmt.Fprintf(&b, "\\x%02x", r)
 		default:
 			b.WriteRune(r)
 		}
+		i += n
 	}
 	return b.String()
 }
@@ -366,16 +469,27 @@ func (s *Store) Close() error {
 			s.kill()
 			<-s.waited
 		}
+		if s.stdout != nil {
+			s.stdout.Close()
+		}
 	})
 	return s.closeErr
 }
 
-// kill stops the session at once (an interrupt, a timeout).
+// kill stops the session at once (an interrupt, a timeout): the process
+// (for localhost, its whole group), and the pipes, so that no read waits
+// for a child that still holds them.
 func (s *Store) kill() {
-	if s.cmd.Process != nil {
+	if s.cmd != nil && s.cmd.Process != nil {
+		if s.group {
+			syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
+		}
 		s.cmd.Process.Kill()
 	}
 	s.stdin.Close()
+	if s.stdout != nil {
+		s.stdout.Close()
+	}
 }
 
 // URI is the URI the store was opened with.
@@ -401,7 +515,7 @@ func (s *Store) fail(err error) error {
 	case <-s.waited:
 	case <-time.After(2 * time.Second):
 	}
-	return fmt.Errorf("%s: %w%s", s.uri, err, s.stderr.Quote())
+	return fmt.Errorf("%s: %w%s", s.host, err, s.stderr.Quote())
 }
 
 // QueryPathInfo returns the info of a valid path.
@@ -523,12 +637,48 @@ func (h *headRecorder) stop() {
 	h.mu.Unlock()
 }
 
-// String returns what was read, the first 8 bytes dropped when they are
-// the server's magic (the rest is then what followed it).
+// String returns what was read.
 func (h *headRecorder) String() string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return string(h.buf)
+}
+
+// magic2 is serve.Magic2 as it is on the wire.
+var magic2 = binary.LittleEndian.AppendUint64(nil, serve.Magic2)
+
+// version returns the server's version word when what was read starts
+// with the server's magic and a version.
+func (h *headRecorder) version() (uint64, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.buf) < 16 || !bytes.HasPrefix(h.buf, magic2) {
+		return 0, false
+	}
+	return binary.LittleEndian.Uint64(h.buf[8:16]), true
+}
+
+// describe quotes what was read for an error ("'Welcome'"), naming the
+// server's magic and version rather than quoting their bytes; "" when
+// nothing was.
+func (h *headRecorder) describe() string {
+	h.mu.Lock()
+	buf := h.buf
+	h.mu.Unlock()
+	var what []string
+	if bytes.HasPrefix(buf, magic2) {
+		what = append(what, "the 'nix-store --serve' magic")
+		buf = buf[8:]
+		if len(buf) >= 8 {
+			v := binary.LittleEndian.Uint64(buf)
+			what[0] += fmt.Sprintf(" and version %d.%d (%#x)", serve.Major(v)>>8, serve.Minor(v), v)
+			buf = buf[8:]
+		}
+	}
+	if t := strings.TrimRight(string(buf), "\r\n"); t != "" {
+		what = append(what, "'"+printable(t)+"'")
+	}
+	return strings.Join(what, ", then ")
 }
 
 // stderrLog passes the remote's stderr on line by line with a prefix and

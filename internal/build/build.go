@@ -16,6 +16,7 @@ import (
 	"ferry/internal/lock"
 	"ferry/internal/sandbox"
 	"ferry/internal/settings"
+	"ferry/internal/storefs"
 	"ferry/nix/derivation"
 	"ferry/nix/storepath"
 	"ferry/store"
@@ -223,7 +224,7 @@ func (b *builder) run(ctx context.Context, res *store.BuildResult) (store.BuildS
 		return store.MiscFailure, fmt.Sprintf("some outputs of '%s' are valid and others not; ferry can't repair them", b.drvPath), nil
 	}
 	for _, p := range realOuts {
-		if err := deleteTree(p); err != nil {
+		if _, err := storefs.Delete(p); err != nil {
 			return 0, "", err
 		}
 	}
@@ -239,13 +240,13 @@ func (b *builder) run(ctx context.Context, res *store.BuildResult) (store.BuildS
 	if err != nil || !status.Success() {
 		// A failed build leaves nothing at the output paths.
 		for _, p := range realOuts {
-			deleteTree(p)
+			storefs.Delete(p)
 		}
 		return status, msg, err
 	}
 	if err := st.RegisterValidPaths(ctx, infos); err != nil {
 		for _, p := range realOuts {
-			deleteTree(p)
+			storefs.Delete(p)
 		}
 		return 0, "", fmt.Errorf("register outputs of '%s': %w", b.drvPath, err)
 	}
@@ -354,7 +355,7 @@ func (b *builder) runBuilder(ctx context.Context, outs map[string]storepath.Path
 	keep := false
 	defer func() {
 		if !keep {
-			deleteTree(hostDir)
+			storefs.Delete(hostDir)
 		}
 	}()
 	dir := hostDir

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 
 	"ferry/internal/localstore"
+	"ferry/internal/storefs"
 	"ferry/nix/derivation"
 	"ferry/nix/hash"
 	"ferry/nix/nar"
@@ -67,7 +69,7 @@ func checkOutputs(ctx context.Context, st *localstore.Store, drvPath storepath.P
 				return nil, rejectf("suspicious ownership or permission on '%s'; rejecting this build output", real)
 			}
 		}
-		if err := canonicalise(real); err != nil {
+		if err := storefs.Canonicalise(real, false); err != nil {
 			return nil, err
 		}
 		info := &store.PathInfo{Path: p, Deriver: drvPath, Ultimate: true}
@@ -140,7 +142,7 @@ func checkOutputs(ctx context.Context, st *localstore.Store, drvPath storepath.P
 		byPath[info.Path] = info
 		paths = append(paths, info.Path)
 	}
-	sorted, err := localstore.TopoSort(paths, func(p storepath.Path) []storepath.Path { return byPath[p].References })
+	sorted, err := store.TopoSort(paths, func(p storepath.Path) []storepath.Path { return byPath[p].References })
 	if err != nil {
 		return nil, rejectf("cycle detected in the references of the outputs of '%s'", drvPath)
 	}
@@ -224,36 +226,22 @@ func checkReferenceRules(ctx context.Context, st *localstore.Store, d *derivatio
 // outputClosure is the closure of info's references: other outputs of
 // this build through their fresh infos, everything else through the store.
 func outputClosure(ctx context.Context, st *localstore.Store, info *store.PathInfo, outs map[storepath.Path]*store.PathInfo) ([]storepath.Path, error) {
-	seen := map[storepath.Path]bool{}
 	var inStore []storepath.Path
-	var visit func(p storepath.Path)
-	visit = func(p storepath.Path) {
-		if seen[p] {
-			return
-		}
-		seen[p] = true
+	fresh, err := store.WalkClosure([]storepath.Path{info.Path}, func(p storepath.Path) ([]storepath.Path, error) {
 		if o, ok := outs[p]; ok {
-			for _, r := range o.References {
-				visit(r)
-			}
-			return
+			return o.References, nil
 		}
 		inStore = append(inStore, p)
+		return nil, nil
+	})
+	if err != nil || len(inStore) == 0 {
+		return fresh, err
 	}
-	visit(info.Path)
-	if len(inStore) > 0 {
-		c, err := st.QueryClosure(ctx, inStore, false)
-		if err != nil {
-			return nil, err
-		}
-		for _, p := range c {
-			seen[p] = true
-		}
+	old, err := st.QueryClosure(ctx, inStore, false)
+	if err != nil {
+		return nil, err
 	}
-	out := make([]storepath.Path, 0, len(seen))
-	for p := range seen {
-		out = append(out, p)
-	}
+	out := append(fresh, old...)
 	storepath.Sort(out)
-	return out, nil
+	return slices.Compact(out), nil
 }

@@ -17,6 +17,7 @@ import (
 
 	"ferry/internal/localstore"
 	"ferry/internal/lock"
+	"ferry/internal/storefs"
 	"ferry/nix/derivation"
 	"ferry/nix/hash"
 	"ferry/nix/nar"
@@ -158,8 +159,8 @@ func (b *builder) repair(ctx context.Context, res *store.BuildResult) (store.Bui
 
 	cleanup := func() {
 		for _, ro := range ros {
-			deleteTree(st.RealPath(ro.scratch))
-			deleteTree(ro.tmp)
+			storefs.Delete(st.RealPath(ro.scratch))
+			storefs.Delete(ro.tmp)
 		}
 	}
 	cleanup() // leftovers of an earlier, interrupted repair
@@ -194,7 +195,7 @@ func (b *builder) repair(ctx context.Context, res *store.BuildResult) (store.Bui
 			return 0, "", fmt.Errorf("repair '%s': %w", ro.final, err)
 		}
 	}
-	if err := syncDir(st.RealDir()); err != nil {
+	if err := storefs.Sync(st.RealDir()); err != nil {
 		return 0, "", err
 	}
 	if err := st.RegisterValidPaths(ctx, infos); err != nil {
@@ -286,17 +287,16 @@ func finishOutput(ctx context.Context, st *localstore.Store, ro *repairOutput, r
 			return fmt.Errorf("repair '%s': rewrite hashes: %w", ro.final, err)
 		}
 		info.NarHash, info.NarSize = h, n
-		if err := deleteTree(src); err != nil {
-			return err
-		}
-		if err := canonicalise(ro.tmp); err != nil {
+		if _, err := storefs.Delete(src); err != nil {
 			return err
 		}
 	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return syncTree(ro.tmp)
+	// A renamed tree is canonical already (checkOutputs); a rewritten one
+	// is not yet. Both are synced.
+	return storefs.Canonicalise(ro.tmp, true)
 }
 
 // rewriteTree restores the NAR of src at dst with every scratch hash part
@@ -331,7 +331,7 @@ func rewriteTree(src, dst string, ros []*repairOutput) (hash.Hash, uint64, error
 		err = derr
 	}
 	if err != nil {
-		deleteTree(dst)
+		storefs.Delete(dst)
 		return hash.Hash{}, 0, err
 	}
 	return hash.FromHasher(hash.SHA256, sum), size.n, nil
@@ -411,7 +411,8 @@ func replaceValidPath(dst, tmp string) error {
 	}
 	err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, dst, unix.RENAME_EXCHANGE)
 	if err == nil {
-		return deleteTree(tmp)
+		_, err = storefs.Delete(tmp)
+		return err
 	}
 	if !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOSYS) {
 		return fmt.Errorf("replace %s: %w", dst, err)
@@ -424,48 +425,6 @@ func replaceValidPath(dst, tmp string) error {
 		os.Rename(old, dst)
 		return err
 	}
-	return deleteTree(old)
+	_, err = storefs.Delete(old)
+	return err
 }
-
-// syncTree fsyncs every file and directory under root, children first.
-func syncTree(root string) error {
-	var dirs []string
-	err := filepath.WalkDir(root, func(p string, e fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		switch {
-		case e.IsDir():
-			dirs = append(dirs, p)
-		case e.Type().IsRegular():
-			return syncFile(p)
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("sync %s: %w", root, err)
-	}
-	for i := len(dirs) - 1; i >= 0; i-- {
-		if err := syncDir(dirs[i]); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func syncFile(p string) error {
-	f, err := os.Open(p)
-	if err != nil {
-		return err
-	}
-	err = f.Sync()
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("sync %s: %w", p, err)
-	}
-	return nil
-}
-
-func syncDir(p string) error { return syncFile(p) }

@@ -12,6 +12,7 @@ import (
 
 	"ferry/internal/localstore"
 	"ferry/internal/nixtest"
+	"ferry/internal/storefs"
 	"ferry/nix/derivation"
 	"ferry/nix/hash"
 	"ferry/nix/nar"
@@ -164,7 +165,8 @@ func TestRepair(t *testing.T) {
 	t.Run("missing with referrers", func(t *testing.T) {
 		f := newRepairFixture(t)
 		st := f.st
-		must(t, deleteTree(st.RealPath(f.lib)))
+		_, err := storefs.Delete(st.RealPath(f.lib))
+		must(t, err)
 		rep := verifyRepair(t, st)
 		if !rep.OK() || len(rep.Missing) != 1 || !contains(rep.Repaired, f.lib) || len(rep.Invalidated) != 0 {
 			t.Fatalf("report %+v", rep)

@@ -15,7 +15,9 @@ import (
 	"ferry/internal/db"
 	"ferry/internal/localstore"
 	"ferry/internal/lock"
+	"ferry/internal/storefs"
 	"ferry/nix/storepath"
+	"ferry/store"
 )
 
 // Options configure a collection. A nil *Options means the defaults.
@@ -321,7 +323,7 @@ func (c *Collection) planSpecific(g *graph, live map[storepath.Path]bool) ([]Ent
 // refers to it.
 func deletionOrder(g *graph, paths []storepath.Path) ([]Entry, error) {
 	storepath.Sort(paths)
-	sorted, err := localstore.TopoSort(paths, func(p storepath.Path) []storepath.Path { return g.nodes[p].refs })
+	sorted, err := store.TopoSort(paths, func(p storepath.Path) []storepath.Path { return g.nodes[p].refs })
 	if err != nil {
 		return nil, fmt.Errorf("plan garbage collection: %w", err)
 	}
@@ -430,7 +432,7 @@ func (c *Collection) deleteEntry(ctx context.Context, e Entry) (deleted bool, fr
 		if e.Path != "" && c.roots.has(e.Path.HashPart()) {
 			return false, 0, nil
 		}
-		n, err := diskUsage(real)
+		n, err := storefs.DiskUsage(real)
 		return err == nil, n, nil
 	}
 	if e.Path != "" {
@@ -455,7 +457,7 @@ func (c *Collection) deleteEntry(ctx context.Context, e Entry) (deleted bool, fr
 		}
 	}
 	c.logf("deleting '%s'", e)
-	n, err := deleteTree(real)
+	n, err := storefs.Delete(real)
 	if err != nil {
 		return false, n, fmt.Errorf("collect garbage: %w", err)
 	}

@@ -113,35 +113,6 @@ func TestToStorePath(t *testing.T) {
 	}
 }
 
-func TestDeleteTreeReadOnly(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "obj")
-	os.MkdirAll(filepath.Join(dir, "sub"), 0o755)
-	os.WriteFile(filepath.Join(dir, "sub", "f"), []byte("12345"), 0o444)
-	os.WriteFile(filepath.Join(dir, "g"), []byte("123"), 0o444)
-	os.Link(filepath.Join(dir, "g"), filepath.Join(t.TempDir(), "g2"))
-	os.Symlink("f", filepath.Join(dir, "sub", "l"))
-	os.Chmod(filepath.Join(dir, "sub"), 0o555)
-	os.Chmod(dir, 0o555)
-	du, err := diskUsage(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, err := deleteTree(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// f (5) + g (3, two links) + l (1, the symlink's size).
-	if n != 9 || du != 9 {
-		t.Errorf("freed %d, disk usage %d; want 9", n, du)
-	}
-	if _, err := os.Lstat(dir); !os.IsNotExist(err) {
-		t.Errorf("still there: %v", err)
-	}
-	if n, err := deleteTree(dir); n != 0 || err != nil {
-		t.Errorf("deleting a missing path: %d, %v", n, err)
-	}
-}
-
 // TestServerProtocol talks to the gc-socket by hand: every line is
 // answered "1", garbage too, and the hash part of a store path, given in
 // the logical or the physical store directory, becomes a temp root.

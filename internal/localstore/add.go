@@ -12,10 +12,9 @@ import (
 	"strconv"
 	"strings"
 
-	"golang.org/x/sys/unix"
-
 	"ferry/internal/db"
 	"ferry/internal/lock"
+	"ferry/internal/storefs"
 	"ferry/nix/derivation"
 	"ferry/nix/hash"
 	"ferry/nix/nar"
@@ -82,115 +81,8 @@ func (s *Store) CleanLeftovers() error {
 			alive[pid] = a
 		}
 		if !a {
-			deletePath(filepath.Join(s.realDir, e.Name()))
+			storefs.Delete(filepath.Join(s.realDir, e.Name()))
 		}
-	}
-	return nil
-}
-
-// deletePath removes a file system object recursively, making read-only
-// directories writable first when that is needed (not as root).
-func deletePath(p string) error {
-	err := os.RemoveAll(p)
-	if err == nil {
-		return nil
-	}
-	filepath.WalkDir(p, func(q string, d os.DirEntry, err error) error {
-		if err == nil && d.IsDir() {
-			os.Chmod(q, 0o755)
-		}
-		return nil
-	})
-	return os.RemoveAll(p)
-}
-
-// canonicalise applies Nix's canonicalisePathMetaData (§7.1) to the tree
-// at p: only regular files, directories and symlinks; no extended
-// attributes; modes 0444 or 0555 (directories 0555), so no write,
-// setuid, setgid or sticky bits; mtime 1 (symlinks too); owned by the
-// effective user. With sync, every file and directory is fsynced.
-func canonicalise(p string, sync bool) error {
-	uid, gid := os.Geteuid(), os.Getegid()
-	var walk func(q string) error
-	walk = func(q string) error {
-		var st unix.Stat_t
-		if err := unix.Lstat(q, &st); err != nil {
-			return err
-		}
-		typ := st.Mode & unix.S_IFMT
-		if typ != unix.S_IFREG && typ != unix.S_IFDIR && typ != unix.S_IFLNK {
-			return fmt.Errorf("file '%s' has an unsupported type", q)
-		}
-		if typ != unix.S_IFLNK {
-			if err := removeXattrs(q); err != nil {
-				return err
-			}
-			mode := st.Mode & 0o7777
-			if mode != 0o444 && mode != 0o555 {
-				want := uint32(0o444)
-				if st.Mode&unix.S_IXUSR != 0 || typ == unix.S_IFDIR {
-					want = 0o555
-				}
-				if err := unix.Chmod(q, want); err != nil {
-					return fmt.Errorf("canonicalise %s: %w", q, err)
-				}
-			}
-		}
-		if st.Mtim.Sec != 1 || st.Mtim.Nsec != 0 {
-			ts := []unix.Timespec{{Sec: st.Atim.Sec}, {Sec: 1}}
-			if err := unix.UtimesNanoAt(unix.AT_FDCWD, q, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-				return fmt.Errorf("canonicalise %s: %w", q, err)
-			}
-		}
-		if int(st.Uid) != uid || int(st.Gid) != gid {
-			if err := unix.Lchown(q, uid, gid); err != nil {
-				return fmt.Errorf("canonicalise %s: %w", q, err)
-			}
-		}
-		if typ == unix.S_IFDIR {
-			ents, err := os.ReadDir(q)
-			if err != nil {
-				return err
-			}
-			for _, e := range ents {
-				if err := walk(filepath.Join(q, e.Name())); err != nil {
-					return err
-				}
-			}
-		}
-		if sync && typ != unix.S_IFLNK {
-			return fsyncPath(q)
-		}
-		return nil
-	}
-	return walk(p)
-}
-
-func removeXattrs(q string) error {
-	var buf [4096]byte
-	n, err := unix.Llistxattr(q, buf[:])
-	if err != nil || n == 0 {
-		return nil // unsupported or none
-	}
-	for _, name := range strings.Split(strings.TrimRight(string(buf[:n]), "\x00"), "\x00") {
-		if name == "" || name == "security.selinux" || name == "system.nfs4_acl" {
-			continue
-		}
-		if err := unix.Lremovexattr(q, name); err != nil {
-			return fmt.Errorf("remove extended attribute %s of %s: %w", name, q, err)
-		}
-	}
-	return nil
-}
-
-func fsyncPath(p string) error {
-	f, err := os.Open(p)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", p, err)
 	}
 	return nil
 }
@@ -213,7 +105,7 @@ func (s *Store) installBatch(ctx context.Context, batch []*pending) (err error) 
 	defer func() {
 		for _, p := range batch {
 			if p.tmp != "" {
-				deletePath(p.tmp)
+				storefs.Delete(p.tmp)
 			}
 		}
 	}()
@@ -254,12 +146,12 @@ func (s *Store) installBatch(ctx context.Context, batch []*pending) (err error) 
 	var moved []string
 	for _, p := range todo {
 		dst := s.RealPath(p.info.Path)
-		if err := deletePath(dst); err != nil {
-			return fmt.Errorf("remove leftover %s: %w", dst, err)
+		if _, err := storefs.Delete(dst); err != nil {
+			return fmt.Errorf("install %s: %w", p.info.Path, err)
 		}
 		if err := os.Rename(p.tmp, dst); err != nil {
 			for _, m := range moved {
-				deletePath(m)
+				storefs.Delete(m)
 			}
 			return fmt.Errorf("move %s into place: %w", p.info.Path, err)
 		}
@@ -267,9 +159,9 @@ func (s *Store) installBatch(ctx context.Context, batch []*pending) (err error) 
 		moved = append(moved, dst)
 	}
 	if !s.opts.NoSync {
-		if err := fsyncPath(s.realDir); err != nil {
+		if err := storefs.Sync(s.realDir); err != nil {
 			for _, m := range moved {
-				deletePath(m)
+				storefs.Delete(m)
 			}
 			return err
 		}
@@ -280,7 +172,7 @@ func (s *Store) installBatch(ctx context.Context, batch []*pending) (err error) 
 	}
 	if err := s.register(ctx, infos); err != nil {
 		for _, m := range moved {
-			deletePath(m)
+			storefs.Delete(m)
 		}
 		return err
 	}
@@ -315,7 +207,7 @@ func (s *Store) register(ctx context.Context, infos []*store.PathInfo) error {
 		}
 		byPath[in.Path] = in
 	}
-	if _, err := TopoSort(keys(byPath), func(p storepath.Path) []storepath.Path { return byPath[p].References }); err != nil {
+	if _, err := store.TopoSort(keys(byPath), func(p storepath.Path) []storepath.Path { return byPath[p].References }); err != nil {
 		return fmt.Errorf("register paths: %w", err)
 	}
 	// Derivations are parsed and checked before the transaction.
@@ -441,7 +333,7 @@ func (s *Store) restoreTemp(ctx context.Context, r io.Reader, extra io.Writer) (
 		w = io.MultiWriter(ch, extra)
 	}
 	if err := nar.Restore(io.TeeReader(r, w), tmp); err != nil {
-		deletePath(tmp)
+		storefs.Delete(tmp)
 		return "", hash.Hash{}, 0, err
 	}
 	return tmp, hash.FromHasher(hash.SHA256, ch.h), ch.n, nil
@@ -499,7 +391,7 @@ func (s *Store) prepareNar(ctx context.Context, info *store.PathInfo, r io.Reade
 		return nil, fmt.Errorf("add %s: %w", info.Path, err)
 	}
 	fail := func(err error) (*pending, error) {
-		deletePath(tmp)
+		storefs.Delete(tmp)
 		return nil, fmt.Errorf("add %s: %w", info.Path, err)
 	}
 	if !narHash.Equal(info.NarHash) {
@@ -514,7 +406,7 @@ func (s *Store) prepareNar(ctx context.Context, info *store.PathInfo, r io.Reade
 			return fail(err)
 		}
 	}
-	if err := canonicalise(tmp, sync); err != nil {
+	if err := storefs.Canonicalise(tmp, sync); err != nil {
 		return fail(err)
 	}
 	in := *info
@@ -656,7 +548,7 @@ func (s *Store) AddPath(ctx context.Context, srcPath string, method storepath.Me
 	ca := storepath.ContentAddress{Method: method, Hash: caHash}
 	p, err := s.Dir().MakeFromCA(name, ca, nil, false)
 	if err != nil {
-		deletePath(tmp)
+		storefs.Delete(tmp)
 		return nil, fmt.Errorf("add %s: %w", srcPath, err)
 	}
 	info := &store.PathInfo{Path: p, NarHash: narHash, NarSize: narSize, CA: ca}
@@ -668,18 +560,18 @@ func (s *Store) AddPath(ctx context.Context, srcPath string, method storepath.Me
 // dropped), canonicalise, sync, install.
 func (s *Store) finishAdd(ctx context.Context, info *store.PathInfo, tmp string) (*store.PathInfo, error) {
 	if err := s.temps.Add(ctx, string(info.Path)); err != nil {
-		deletePath(tmp)
+		storefs.Delete(tmp)
 		return nil, err
 	}
 	if got, err := s.QueryPathInfo(ctx, info.Path); err == nil {
-		deletePath(tmp)
+		storefs.Delete(tmp)
 		return got, nil
 	} else if !errors.Is(err, store.ErrNotValid) {
-		deletePath(tmp)
+		storefs.Delete(tmp)
 		return nil, err
 	}
-	if err := canonicalise(tmp, !s.opts.NoSync); err != nil {
-		deletePath(tmp)
+	if err := storefs.Canonicalise(tmp, !s.opts.NoSync); err != nil {
+		storefs.Delete(tmp)
 		return nil, fmt.Errorf("add %s: %w", info.Path, err)
 	}
 	if err := s.installBatch(ctx, []*pending{{info: info, tmp: tmp}}); err != nil {
@@ -707,7 +599,7 @@ func (s *Store) AddText(ctx context.Context, name string, content []byte, refs [
 		return nil, err
 	}
 	if err := os.WriteFile(tmp, content, 0o644); err != nil {
-		deletePath(tmp)
+		storefs.Delete(tmp)
 		return nil, fmt.Errorf("add text %s: %w", name, err)
 	}
 	ch := &countingHash{h: sha256.New()}

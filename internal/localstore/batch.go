@@ -6,6 +6,7 @@ import (
 	"io"
 	"sync"
 
+	"ferry/internal/storefs"
 	"ferry/nix/storepath"
 	"ferry/store"
 )
@@ -232,7 +233,7 @@ func (s *Store) commitPending(ctx context.Context, items []*pending) error {
 	defer func() {
 		for _, p := range items {
 			if p.tmp != "" {
-				deletePath(p.tmp)
+				storefs.Delete(p.tmp)
 				p.tmp = ""
 			}
 		}
@@ -243,7 +244,7 @@ func (s *Store) commitPending(ctx context.Context, items []*pending) error {
 		byPath[p.info.Path] = p
 		paths[i] = p.info.Path
 	}
-	sorted, err := TopoSort(paths, func(p storepath.Path) []storepath.Path { return byPath[p].info.References })
+	sorted, err := store.TopoSort(paths, func(p storepath.Path) []storepath.Path { return byPath[p].info.References })
 	if err != nil {
 		return fmt.Errorf("commit: %w", err)
 	}
@@ -252,11 +253,11 @@ func (s *Store) commitPending(ctx context.Context, items []*pending) error {
 			// Few objects: sync just them (files and directories), so
 			// that other writers' dirty data is not ours to wait for.
 			for _, p := range items {
-				if err := canonicalise(p.tmp, true); err != nil {
+				if err := storefs.Canonicalise(p.tmp, true); err != nil {
 					return fmt.Errorf("commit %s: %w", p.info.Path, err)
 				}
 			}
-		} else if err := syncfs(s.realDir); err != nil {
+		} else if err := storefs.SyncFS(s.realDir); err != nil {
 			return err
 		}
 	}
@@ -284,7 +285,7 @@ func (b *Batch) Discard() {
 	b.wait()
 	for _, p := range b.take() {
 		if p.tmp != "" {
-			deletePath(p.tmp)
+			storefs.Delete(p.tmp)
 		}
 		b.mu.Lock()
 		delete(b.pend, p.info.Path)

@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"ferry/internal/storefs"
 	"ferry/nix/hash"
 	"ferry/nix/nar"
 )
@@ -85,7 +86,7 @@ func (s *Store) copyRegular(ctx context.Context, src string, content, narExtra i
 		err = cerr
 	}
 	if err != nil {
-		deletePath(tmp)
+		storefs.Delete(tmp)
 		return "", narHash, 0, err
 	}
 	return tmp, hash.FromHasher(hash.SHA256, ch.h), ch.n, nil

@@ -3,62 +3,21 @@ package localstore
 import (
 	"bufio"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
-	"os"
 
-	"golang.org/x/sys/unix"
-
+	"ferry/internal/storefs"
 	"ferry/nix/export"
-	"ferry/nix/hash"
-	"ferry/nix/nar"
 	"ferry/nix/storepath"
 	"ferry/store"
 )
 
 // Export writes paths, which must all be valid, as a nix-store --export
-// stream to w, references before referrers (Nix's exportPaths). Each NAR
-// is hashed as it is written and must still match the database.
+// stream to w (store.Export: references first, every NAR checked against
+// its registered hash as it is written).
 func (s *Store) Export(ctx context.Context, w io.Writer, paths []storepath.Path) error {
-	infos := map[storepath.Path]*store.PathInfo{}
-	for _, p := range paths {
-		if infos[p] != nil {
-			continue
-		}
-		info, err := s.QueryPathInfo(ctx, p)
-		if err != nil {
-			return fmt.Errorf("export: %w", err)
-		}
-		infos[p] = info
-	}
-	sorted, err := TopoSort(keys(infos), func(p storepath.Path) []storepath.Path { return infos[p].References })
-	if err != nil {
-		return fmt.Errorf("export: %w", err)
-	}
-	ew := export.NewWriter(w)
-	for _, p := range sorted {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		info := infos[p]
-		if err := ew.StartPath(); err != nil {
-			return fmt.Errorf("export %s: %w", p, err)
-		}
-		ch := &countingHash{h: sha256.New()}
-		if err := nar.Dump(io.MultiWriter(ew, ch), s.RealPath(p)); err != nil {
-			return fmt.Errorf("export %s: %w", p, err)
-		}
-		if got := hash.FromHasher(hash.SHA256, ch.h); !got.Equal(info.NarHash) {
-			return fmt.Errorf("export %s: hash of path has changed from '%s' to '%s'", p,
-				info.NarHash.Encode(hash.Nix32, true), got.Encode(hash.Nix32, true))
-		}
-		if err := ew.FinishPath(&export.Info{Path: p, References: info.References, Deriver: info.Deriver}); err != nil {
-			return fmt.Errorf("export %s: %w", p, err)
-		}
-	}
-	return ew.Close()
+	return store.Export(ctx, s, w, paths)
 }
 
 // importBatch is how many imported paths are locked and registered in one
@@ -92,7 +51,7 @@ func (s *Store) Import(ctx context.Context, r io.Reader) ([]storepath.Path, erro
 	cleanup := func() {
 		for _, p := range pend {
 			if p.tmp != "" {
-				deletePath(p.tmp)
+				storefs.Delete(p.tmp)
 			}
 		}
 	}
@@ -116,17 +75,17 @@ func (s *Store) Import(ctx context.Context, r io.Reader) ([]storepath.Path, erro
 		}
 		ei, err := er.Info()
 		if err != nil {
-			deletePath(tmp)
+			storefs.Delete(tmp)
 			cleanup()
 			return nil, fmt.Errorf("import: %w", err)
 		}
 		order = append(order, ei.Path)
 		if pend[ei.Path] != nil {
-			deletePath(tmp) // the same path twice: keep the first
+			storefs.Delete(tmp) // the same path twice: keep the first
 			continue
 		}
-		if err := canonicalise(tmp, false); err != nil {
-			deletePath(tmp)
+		if err := storefs.Canonicalise(tmp, false); err != nil {
+			storefs.Delete(tmp)
 			cleanup()
 			return nil, fmt.Errorf("import %s: %w", ei.Path, err)
 		}
@@ -169,18 +128,4 @@ func (s *Store) Import(ctx context.Context, r io.Reader) ([]storepath.Path, erro
 		return nil, fmt.Errorf("import: %w", err)
 	}
 	return order, nil
-}
-
-// syncfs flushes the file system holding dir: one call instead of an
-// fsync per file when many objects were written.
-func syncfs(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := unix.Syncfs(int(f.Fd())); err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	return nil
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sort"
 
 	"ferry/internal/db"
 	"ferry/nix/nar"
@@ -178,98 +177,47 @@ func (s *Store) QueryPathFromHashPart(ctx context.Context, hashPart string) (sto
 // derivation in the closure, and their closures, are included too (as
 // nix-store -qR --include-outputs). Every path given must be valid.
 func (s *Store) QueryClosure(ctx context.Context, paths []storepath.Path, includeOutputs bool) ([]storepath.Path, error) {
-	seen := map[storepath.Path]bool{}
+	var out []storepath.Path
 	err := s.db.Read(ctx, func(tx *db.Tx) error {
-		clear(seen)
-		queue := append([]storepath.Path(nil), paths...)
-		for len(queue) > 0 {
-			p := queue[len(queue)-1]
-			queue = queue[:len(queue)-1]
-			if seen[p] {
-				continue
-			}
+		var err error
+		out, err = store.WalkClosure(paths, func(p storepath.Path) ([]storepath.Path, error) {
 			id, ok, err := tx.PathID(p)
 			if err != nil {
-				return err
+				return nil, err
 			}
 			if !ok {
-				return fmt.Errorf("path '%s' %w", p, store.ErrNotValid)
+				return nil, fmt.Errorf("path '%s' %w", p, store.ErrNotValid)
 			}
-			seen[p] = true
-			refs, err := tx.QueryReferences(id)
+			next, err := tx.QueryReferences(id)
+			if err != nil || !includeOutputs || !p.IsDerivation() {
+				return next, err
+			}
+			outs, err := tx.QueryDerivationOutputs(id)
 			if err != nil {
-				return err
+				return nil, err
 			}
-			queue = append(queue, refs...)
-			if includeOutputs && p.IsDerivation() {
-				outs, err := tx.QueryDerivationOutputs(id)
-				if err != nil {
-					return err
-				}
-				for _, o := range outs {
-					if ok, err := tx.IsValid(o); err != nil {
-						return err
-					} else if ok {
-						queue = append(queue, o)
-					}
+			for _, o := range outs {
+				if ok, err := tx.IsValid(o); err != nil {
+					return nil, err
+				} else if ok {
+					next = append(next, o)
 				}
 			}
-		}
-		return nil
+			return next, nil
+		})
+		return err
 	})
 	if err != nil {
 		return nil, err
 	}
-	out := make([]storepath.Path, 0, len(seen))
-	for p := range seen {
-		out = append(out, p)
-	}
-	storepath.Sort(out)
 	return out, nil
 }
 
-// TopoSort orders paths so that every path comes after the paths of the
-// set it refers to (references first, the order of an export stream).
-// Self-references are ignored; a cycle is an error.
+// TopoSort is store.TopoSort.
+//
+// Deprecated: use store.TopoSort; this remains for internal/cli.
 func TopoSort(paths []storepath.Path, refs func(storepath.Path) []storepath.Path) ([]storepath.Path, error) {
-	in := map[storepath.Path]bool{}
-	for _, p := range paths {
-		in[p] = true
-	}
-	const (
-		visiting = 1
-		done     = 2
-	)
-	state := map[storepath.Path]int{}
-	out := make([]storepath.Path, 0, len(paths))
-	var visit func(p storepath.Path, parent storepath.Path) error
-	visit = func(p, parent storepath.Path) error {
-		switch state[p] {
-		case visiting:
-			return fmt.Errorf("cycle detected in the references of '%s' from '%s'", p, parent)
-		case done:
-			return nil
-		}
-		state[p] = visiting
-		for _, r := range refs(p) {
-			if r != p && in[r] {
-				if err := visit(r, p); err != nil {
-					return err
-				}
-			}
-		}
-		state[p] = done
-		out = append(out, p)
-		return nil
-	}
-	sorted := append([]storepath.Path(nil), paths...)
-	sort.Slice(sorted, func(i, j int) bool { return sorted[i] < sorted[j] })
-	for _, p := range sorted {
-		if err := visit(p, ""); err != nil {
-			return nil, err
-		}
-	}
-	return out, nil
+	return store.TopoSort(paths, refs)
 }
 
 // NarFromPath writes the NAR of the valid path p to w.

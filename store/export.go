@@ -49,7 +49,8 @@ func Export(ctx context.Context, st Store, w io.Writer, paths []storepath.Path) 
 			return fmt.Errorf("export %s: %w", p, err)
 		}
 		if got := hash.FromHasher(hash.SHA256, h); !got.Equal(info.NarHash) && !unknownHash(info.NarHash) {
-			return fmt.Errorf("export %s: hash of path has changed from '%s' to '%s'", p,
+			// Nix 2.8's message (exportPath in src/libstore/export-import.cc).
+			return fmt.Errorf("hash of path '%s' has changed from '%s' to '%s'!", p,
 				info.NarHash.Encode(hash.Nix32, true), got.Encode(hash.Nix32, true))
 		}
 		if err := ew.FinishPath(&export.Info{Path: p, References: info.References, Deriver: info.Deriver}); err != nil {

@@ -225,7 +225,7 @@ func TestExport(t *testing.T) {
 		t.Fatalf("export of a alone: %v", err)
 	}
 	err = Export(ctx, m, io.Discard, []storepath.Path{pb})
-	if err == nil || !strings.Contains(err.Error(), "hash of path has changed from '"+m.infos[pb].NarHash.String()+"'") {
+	if err == nil || !strings.Contains(err.Error(), "hash of path '"+string(pb)+"' has changed from '"+m.infos[pb].NarHash.String()+"'") {
 		t.Errorf("export of a corrupted path: %v", err)
 	}
 	if err := Export(ctx, m, io.Discard, []storepath.Path{px}); !errors.Is(err, ErrNotValid) {

@@ -346,18 +346,28 @@ func TestCopyVerbose(t *testing.T) {
 }
 
 // tmuxSession runs command in a detached tmux session on its own server
-// (socket name) with a width x 50 screen, and returns a function that
-// captures the screen. The server is killed when the test ends.
+// (its own socket, in a short temporary directory: a socket's path has a
+// short limit) with a width x 50 screen, and returns a function that
+// captures the screen. The server is killed and its socket removed when
+// the test ends.
 func tmuxSession(t *testing.T, name string, width int, command string) (capture func() string) {
 	t.Helper()
+	sockDir, err := os.MkdirTemp("", "tmux")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(sockDir, "s")
 	// Not a session nested in the one the tests may run in.
 	env := slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "TMUX=") })
 	tmux := func(args ...string) ([]byte, error) {
-		cmd := exec.Command("tmux", append([]string{"-L", name, "-f", "/dev/null"}, args...)...)
+		cmd := exec.Command("tmux", append([]string{"-S", sock, "-f", "/dev/null"}, args...)...)
 		cmd.Env = env
 		return cmd.CombinedOutput()
 	}
-	t.Cleanup(func() { tmux("kill-server") })
+	t.Cleanup(func() {
+		tmux("kill-server")
+		os.RemoveAll(sockDir)
+	})
 	if out, err := tmux("new-session", "-d", "-s", name, "-x", fmt.Sprint(width), "-y", "50", command); err != nil {
 		t.Fatalf("tmux new-session: %v\n%s", err, out)
 	}

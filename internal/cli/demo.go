@@ -14,6 +14,7 @@ import (
 	storecopy "ferry/internal/copy"
 	"ferry/internal/localstore"
 	"ferry/internal/serve"
+	"ferry/internal/storefs"
 	"ferry/nix/derivation"
 	"ferry/nix/storepath"
 	"ferry/store"
@@ -60,7 +61,7 @@ func cmdDemo(ctx context.Context, e *Env, args []string) error {
 	if *keep {
 		fmt.Fprintf(e.Stdout, "stores kept in %s (local, remote)\n", work)
 	} else {
-		defer removeAll(work)
+		defer storefs.Delete(work)
 	}
 	_, err = runDemo(ctx, e, self, filepath.Join(work, "local"), filepath.Join(work, "remote"))
 	return err
@@ -242,15 +243,4 @@ func (p *prefixer) Write(b []byte) (int, error) {
 	}
 	_, err := p.w.Write(out)
 	return len(b), err
-}
-
-// removeAll removes a tree of store objects, which are read-only.
-func removeAll(dir string) {
-	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-		if err == nil && d.IsDir() {
-			os.Chmod(p, 0o755)
-		}
-		return nil
-	})
-	os.RemoveAll(dir)
 }

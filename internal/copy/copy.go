@@ -23,9 +23,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
-	"ferry/internal/serve"
 	"ferry/nix/storepath"
 	"ferry/store"
 )
@@ -94,6 +94,13 @@ func Copy(ctx context.Context, src, dst store.Store, paths []storepath.Path, opt
 	infos, err := PathInfos(ctx, src, closure)
 	if err != nil {
 		return nil, fmt.Errorf("query source: %w", err)
+	}
+	for _, p := range closure {
+		if infos[p].NarHash.IsZero() || infos[p].NarSize == 0 {
+			// Servers older than protocol 2.4 send no NAR hash, and a
+			// path cannot be checked on arrival without one.
+			return nil, fmt.Errorf("the source store gives no NAR hash and size for %s (a serve protocol older than 2.4): ferry cannot copy from it", p)
+		}
 	}
 
 	// One locked query over the whole closure decides what to send.
@@ -171,7 +178,7 @@ func Closure(ctx context.Context, st store.Store, paths []storepath.Path, includ
 	if c, ok := st.(store.Closurer); ok {
 		return c.QueryClosure(ctx, paths, includeOutputs)
 	}
-	return serve.Closure(ctx, st, paths, includeOutputs)
+	return store.Closure(ctx, st, paths, includeOutputs)
 }
 
 // PathInfos returns the infos of paths, all of which must be valid.
@@ -269,13 +276,11 @@ func narSource(ctx context.Context, src store.Store, send []*store.PathInfo, p P
 		})
 		close(next)
 	}()
-	consumed := 0
+	consumed := 0 // touched by nars, then by stop after nars is done
 	var dumpErr error
-	finished := false
+	var once sync.Once
 	wait := func() error {
-		if !finished {
-			dumpErr, finished = <-dumped, true
-		}
+		once.Do(func() { dumpErr = <-dumped })
 		return dumpErr
 	}
 	nars = func(_ context.Context, info *store.PathInfo, w io.Writer) error {
@@ -322,45 +327,22 @@ func (c *countingWriter) Write(b []byte) (int, error) {
 	return n, err
 }
 
-// TopoSort orders infos so that each comes after those of its references
-// that are among them (references to paths outside infos, or to itself,
-// are ignored). It fails on a cycle, which valid store paths cannot form.
+// TopoSort orders infos as store.TopoSort orders their paths: references
+// first (references to paths outside infos, or to itself, are ignored).
 func TopoSort(infos []*store.PathInfo) ([]*store.PathInfo, error) {
 	byPath := make(map[storepath.Path]*store.PathInfo, len(infos))
+	paths := make([]storepath.Path, 0, len(infos))
 	for _, info := range infos {
 		byPath[info.Path] = info
+		paths = append(paths, info.Path)
 	}
-	const (
-		unvisited = iota
-		visiting
-		done
-	)
-	state := make(map[storepath.Path]int, len(infos))
-	out := make([]*store.PathInfo, 0, len(infos))
-	var visit func(info *store.PathInfo) error
-	visit = func(info *store.PathInfo) error {
-		switch state[info.Path] {
-		case visiting:
-			return fmt.Errorf("sort paths: reference cycle through %s", info.Path)
-		case done:
-			return nil
-		}
-		state[info.Path] = visiting
-		for _, r := range info.References {
-			if dep := byPath[r]; dep != nil && r != info.Path {
-				if err := visit(dep); err != nil {
-					return err
-				}
-			}
-		}
-		state[info.Path] = done
-		out = append(out, info)
-		return nil
+	sorted, err := store.TopoSort(paths, func(p storepath.Path) []storepath.Path { return byPath[p].References })
+	if err != nil {
+		return nil, err
 	}
-	for _, info := range infos {
-		if err := visit(info); err != nil {
-			return nil, err
-		}
+	out := make([]*store.PathInfo, len(sorted))
+	for i, p := range sorted {
+		out[i] = byPath[p]
 	}
 	return out, nil
 }

@@ -213,13 +213,6 @@ func (s *Store) QueryClosure(ctx context.Context, paths []storepath.Path, includ
 	return out, nil
 }
 
-// TopoSort is store.TopoSort.
-//
-// Deprecated: use store.TopoSort; this remains for internal/cli.
-func TopoSort(paths []storepath.Path, refs func(storepath.Path) []storepath.Path) ([]storepath.Path, error) {
-	return store.TopoSort(paths, refs)
-}
-
 // NarFromPath writes the NAR of the valid path p to w.
 func (s *Store) NarFromPath(ctx context.Context, p storepath.Path, w io.Writer) error {
 	if _, err := s.QueryPathInfo(ctx, p); err != nil {

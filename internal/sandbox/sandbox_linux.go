@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"ferry/internal/storefs"
 	"fmt"
 	"io"
 	"os"
@@ -676,14 +677,8 @@ func removeChroot(root string) error {
 	if mounted != "" {
 		return fmt.Errorf("remove sandbox %s: %s is still mounted", root, mounted)
 	}
-	// Directories the builder left read-only can't be emptied.
-	filepath.Walk(root, func(path string, info os.FileInfo, err error) error {
-		if err == nil && info.IsDir() && info.Mode().Perm()&0o700 != 0o700 {
-			os.Chmod(path, info.Mode().Perm()|0o700)
-		}
-		return nil
-	})
-	if err := os.RemoveAll(root); err != nil {
+	// storefs.Delete empties directories the builder left read-only.
+	if _, err := storefs.Delete(root); err != nil {
 		return fmt.Errorf("remove sandbox: %w", err)
 	}
 	return nil

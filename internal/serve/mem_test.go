@@ -110,7 +110,7 @@ func (m *memStore) AddTempRoot(ctx context.Context, p storepath.Path) error {
 func (m *memStore) Close() error { return nil }
 
 func (m *memStore) QueryClosure(ctx context.Context, ps []storepath.Path, includeOutputs bool) ([]storepath.Path, error) {
-	return Closure(ctx, m, ps, includeOutputs)
+	return store.Closure(ctx, m, ps, includeOutputs)
 }
 
 // BuildDerivation "builds" by failing unless every input is valid, and then

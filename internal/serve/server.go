@@ -156,6 +156,12 @@ func (ss *session) run() error {
 		return err
 	}
 	ss.clientVersion = v
+	if own := s.opts.Version; own != 0 && own < Version && Minor(v) > Minor(own) {
+		// A server of an older protocol does not know the fields a newer
+		// client could take: it writes and reads what both know, as the
+		// older Nix it stands for would.
+		ss.clientVersion = own
+	}
 	for {
 		if ss.watch != nil {
 			<-ss.watch.done
@@ -352,57 +358,7 @@ func (ss *session) exportPaths() error {
 	if err != nil {
 		return err
 	}
-	infos := map[storepath.Path]*store.PathInfo{}
-	for _, p := range paths {
-		info, err := ss.s.b.QueryPathInfo(ss.ctx, p)
-		if err != nil {
-			return err
-		}
-		infos[p] = info
-	}
-	ew := export.NewWriter(ss.w)
-	for _, p := range exportOrder(paths, infos) {
-		info := infos[p]
-		if err := ew.StartPath(); err != nil {
-			return err
-		}
-		h := sha256.New()
-		if err := ss.s.b.NarFromPath(ss.ctx, p, io.MultiWriter(ew, h)); err != nil {
-			return err
-		}
-		if got := hash.FromHasher(hash.SHA256, h); !got.Equal(info.NarHash) {
-			return fmt.Errorf("hash of path '%s' has changed from '%s' to '%s'!", p, info.NarHash, got)
-		}
-		if err := ew.FinishPath(&export.Info{Path: p, References: info.References, Deriver: info.Deriver}); err != nil {
-			return err
-		}
-	}
-	return ew.Close()
-}
-
-// exportOrder orders paths as Nix's exportPaths does: a depth-first
-// post-order over the set (sorted) following references inside the set,
-// which puts dependencies first.
-func exportOrder(paths []storepath.Path, infos map[storepath.Path]*store.PathInfo) []storepath.Path {
-	var order []storepath.Path
-	visited := map[storepath.Path]bool{}
-	var visit func(p storepath.Path)
-	visit = func(p storepath.Path) {
-		if visited[p] {
-			return
-		}
-		visited[p] = true
-		for _, ref := range sortedSet(append([]storepath.Path(nil), infos[p].References...)) {
-			if ref != p && infos[ref] != nil {
-				visit(ref)
-			}
-		}
-		order = append(order, p)
-	}
-	for _, p := range paths {
-		visit(p)
-	}
-	return order
+	return store.Export(ss.ctx, ss.s.b, ss.w, paths)
 }
 
 // buildPaths mirrors cmdBuildPaths: build, then reply 0, or an exit status

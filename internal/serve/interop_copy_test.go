@@ -138,3 +138,54 @@ func TestSSHFerryCopyStreams(t *testing.T) {
 		})
 	}
 }
+
+// TestSSHFerryQueries runs ferry's own read-only commands against an
+// ssh:// store (real nix-store --serve and ferry serve over sshd) and
+// requires the output ferry gives on the same store opened locally; what
+// the serve protocol cannot do fails with an error that says so.
+func TestSSHFerryQueries(t *testing.T) {
+	requireSSHInterop(t)
+	ferry := ferryBin(t)
+	env := nixtest.Env(t.TempDir())
+	root := filepath.Join(t.TempDir(), "store")
+	c := makeClosure(t, env, root)
+	top := string(c.top)
+	s := sshtest.Start(t, nil)
+	cenv := append(append([]string{}, env...), s.Env()...)
+	for _, remote := range []struct{ name, program string }{
+		{"nix-store --serve", "nix-store"},
+		{"ferry serve", ferry},
+	} {
+		uri := s.URI() + "?remote-program=" + remote.program + "&remote-store=" + root
+		for _, args := range [][]string{
+			{"path-info", "--closure", "--size", "--closure-size", top},
+			{"query", "--requisites", top},
+			{"query", "--references", top},
+			{"query", "--deriver", top},
+			{"store", "dump", c.all[0].String()},
+		} {
+			t.Run(remote.name+"/"+strings.Join(args[:len(args)-1], " "), func(t *testing.T) {
+				want := runTool(t, cenv, ferry, append([]string{"--store", root}, args...)...)
+				got := runTool(t, cenv, ferry, append([]string{"--store", uri}, args...)...)
+				if got != want || want == "" {
+					t.Errorf("ferry %s over ssh differs from the local store's answer\n ssh:   %.300q\n local: %.300q", strings.Join(args, " "), got, want)
+				}
+			})
+		}
+		for _, tc := range []struct {
+			args []string
+			says string
+		}{
+			{[]string{"query", "--referrers", top}, "cannot list referrers"},
+			{[]string{"store", "verify"}, "it needs a local store"},
+			{[]string{"gc", "--dry-run"}, "it needs a local store"},
+		} {
+			t.Run(remote.name+"/"+strings.Join(tc.args, " "), func(t *testing.T) {
+				_, stderr, err := tryTool(cenv, ferry, append([]string{"--store", uri}, tc.args...)...)
+				if err == nil || !strings.Contains(stderr, tc.says) || !strings.Contains(stderr, uri) {
+					t.Errorf("ferry %s on %s: %v\n%s\nwant an error naming the store and saying %q", strings.Join(tc.args, " "), uri, err, stderr, tc.says)
+				}
+			})
+		}
+	}
+}

@@ -13,7 +13,15 @@
 //     length and count it reads before allocating.
 //   - Server: one protocol session over an io.Reader and io.Writer, on top of
 //     a Backend (a store.Store that can also add temp roots, compute closures
-//     and build).
+//     and build; internal/localserve makes one of the local store).
+//   - Client: the other end, with every call taking a context. Its bulk
+//     operations pipeline (docs/protocol.md §11): AddToStoreNars,
+//     ImportPaths and DumpStorePaths send all their requests without waiting
+//     while a reader collects the replies, so a copy costs one round trip.
+//
+// The package depends on nothing but nix/* and store (internal/layering
+// checks it): what a server needs of its store are the capability
+// interfaces of package store.
 //
 // # Sessions, temp roots and store handles
 //

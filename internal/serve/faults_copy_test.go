@@ -231,3 +231,77 @@ func countCopied(t *testing.T, summary string) int {
 	}
 	return n
 }
+
+// TestSSHFerryCopyDiskFull copies a closure whose last path does not fit on
+// the remote's disk (its store is on a 3 MiB tmpfs, mounted in a private
+// user and mount namespace by the remote program's wrapper): the copy fails
+// with the remote's "No space left on device", the remote store still
+// passes nix-store --verify --check-contents (run by the wrapper once the
+// server is done, while the tmpfs is still there), and the big path is not
+// valid there.
+func TestSSHFerryCopyDiskFull(t *testing.T) {
+	requireSSHInterop(t)
+	nixtest.Require(t, "unshare")
+	ferry := ferryBin(t)
+	env := nixtest.Env(t.TempDir())
+	src := filepath.Join(t.TempDir(), "src")
+	files := t.TempDir()
+	small := filepath.Join(files, "small")
+	os.WriteFile(small, []byte("a small path that fits\n"), 0o644)
+	smallPath := strings.TrimSpace(runTool(t, env, "nix-store", "--store", src, "--add", small))
+	big := filepath.Join(files, "big")
+	f, _ := os.Create(big)
+	io.CopyN(f, rand.Reader, 8<<20)
+	f.Close()
+	bigPath := strings.TrimSpace(runTool(t, env, "nix-store", "--store", src, "--add", big))
+	top := strings.Trim(strings.TrimSpace(runTool(t, env, "nix-instantiate", "--store", src, "--read-write-mode", "--eval", "-E",
+		fmt.Sprintf(`builtins.toFile "top" "${builtins.storePath %q} ${builtins.storePath %q}"`, smallPath, bigPath))), `"`)
+	s := sshtest.Start(t, nil)
+	cenv := append(append([]string{}, env...), s.Env()...)
+	for _, remote := range []struct{ name, program string }{
+		{"nix-store --serve", "nix-store"},
+		{"ferry serve", ferry},
+	} {
+		t.Run(remote.name, func(t *testing.T) {
+			disk := t.TempDir()
+			out := t.TempDir()
+			dst := filepath.Join(disk, "store")
+			wrapper := filepath.Join(out, "serve")
+			script := fmt.Sprintf(`#!/bin/sh
+exec unshare -Urm sh -c 'mount -t tmpfs -o size=3m tmpfs %[1]s || exit 1
+%[2]s "$@"; status=$?
+nix-store --store %[3]s --verify --check-contents >%[4]s/verify.log 2>&1; echo $? >%[4]s/verify.status
+nix-store --store %[3]s --check-validity %[5]s >%[4]s/big.log 2>&1; echo $? >%[4]s/big.status
+exit $status' sh "$@"
+`, disk, remote.program, dst, out, bigPath)
+			if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			uri := s.URI() + "?remote-program=" + wrapper + "&remote-store=" + dst
+			_, stderr, err := tryTool(cenv, ferry, "copy", "--store", src, "--to", uri, top)
+			if err == nil {
+				t.Fatal("ferry copy of 8 MiB onto a 3 MiB disk succeeded")
+			}
+			if !strings.Contains(strings.ToLower(stderr), "no space left on device") || !strings.Contains(stderr, uri) {
+				t.Errorf("ferry copy's error lacks the remote's disk-full message or the URI:\n%s", stderr)
+			}
+			t.Logf("refused: %s", lastLines(stderr, 3))
+			// The wrapper checks the store once the server has ended.
+			var status []byte
+			for i := 0; i < 100; i++ {
+				if status, _ = os.ReadFile(filepath.Join(out, "big.status")); len(status) > 0 {
+					break
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			verify, _ := os.ReadFile(filepath.Join(out, "verify.log"))
+			if vs, _ := os.ReadFile(filepath.Join(out, "verify.status")); strings.TrimSpace(string(vs)) != "0" ||
+				strings.Contains(string(verify), "error") {
+				t.Errorf("the remote store does not verify after the disk filled (status %q):\n%s", vs, verify)
+			}
+			if strings.TrimSpace(string(status)) == "0" || len(status) == 0 {
+				t.Errorf("the path that did not fit is valid on the remote (status %q)", status)
+			}
+		})
+	}
+}

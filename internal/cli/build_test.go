@@ -14,7 +14,9 @@ import (
 // TestMain lets the test binary act as the sandbox's init, as cmd/ferry does.
 func TestMain(m *testing.M) {
 	sandbox.Init()
-	os.Exit(m.Run())
+	code := m.Run()
+	nixtest.RemoveFerryBin()
+	os.Exit(code)
 }
 
 func requireBuilds(t *testing.T) {

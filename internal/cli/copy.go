@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
@@ -77,7 +78,17 @@ func runCopy(ctx context.Context, e *Env, f *copyFlags, args []string) error {
 	if toURI == "" {
 		toURI = storeFlag(e)
 	}
-	src, err := openStore(ctx, e, conf, fromURI)
+	// On a terminal the stores' messages go through the progress display,
+	// so they stand above the bar instead of on it.
+	var bar *copyProgress
+	storeEnv := e
+	if isTerminal(e.Stderr) && !f.json {
+		bar = newCopyProgress(e.Stderr)
+		withBar := *e
+		withBar.Stderr = bar.logWriter()
+		storeEnv = &withBar
+	}
+	src, err := openStore(ctx, storeEnv, conf, fromURI)
 	if err != nil {
 		return err
 	}
@@ -90,7 +101,7 @@ func runCopy(ctx context.Context, e *Env, f *copyFlags, args []string) error {
 		}
 		paths = append(paths, p)
 	}
-	dst, err := openStore(ctx, e, conf, toURI)
+	dst, err := openStore(ctx, storeEnv, conf, toURI)
 	if err != nil {
 		return err
 	}
@@ -101,9 +112,7 @@ func runCopy(ctx context.Context, e *Env, f *copyFlags, args []string) error {
 	} else {
 		opts.CheckPath = check
 	}
-	var bar *copyProgress
-	if isTerminal(e.Stderr) && !f.json {
-		bar = newCopyProgress(e.Stderr)
+	if bar != nil {
 		opts.Progress = bar
 	}
 	res, err := storecopy.Copy(ctx, src, dst, paths, opts)
@@ -158,6 +167,9 @@ func isTerminal(w io.Writer) bool {
 // drawn when the first path is sent, after what the sessions print at -v,
 // and it ends as a summary line.
 type copyProgress struct {
+	// mu serialises drawing: the copy's calls and the log lines of
+	// logWriter, which come from other goroutines (a remote's stderr).
+	mu         sync.Mutex
 	w          io.Writer
 	bar        *progressbar.ProgressBar
 	paths      int       // paths to send
@@ -190,6 +202,8 @@ const (
 func newCopyProgress(w io.Writer) *copyProgress { return &copyProgress{w: w} }
 
 func (c *copyProgress) Start(paths int, bytes uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	c.paths, c.totalBytes = paths, bytes
 	c.start = time.Now()
 	if paths == 0 {
@@ -271,6 +285,8 @@ func cut(s string, n int) string {
 }
 
 func (c *copyProgress) Sending(info *store.PathInfo) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.firstByte.IsZero() {
 		c.firstByte = time.Now()
 	}
@@ -279,6 +295,8 @@ func (c *copyProgress) Sending(info *store.PathInfo) {
 }
 
 func (c *copyProgress) Wrote(n int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	c.sent += uint64(n)
 	c.bar.Add(n)
 	if time.Since(c.described) >= progressRefresh {
@@ -287,6 +305,8 @@ func (c *copyProgress) Wrote(n int) {
 }
 
 func (c *copyProgress) Added(info *store.PathInfo) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	c.done++
 	c.describe()
 }
@@ -294,6 +314,8 @@ func (c *copyProgress) Added(info *store.PathInfo) {
 // finish replaces the bar with a summary line: what was copied, how fast,
 // and, after a failure, of how much.
 func (c *copyProgress) finish() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.bar == nil {
 		return
 	}
@@ -308,6 +330,29 @@ func (c *copyProgress) finish() {
 	}
 	// Back to the start of the bar's line, cleared.
 	fmt.Fprintf(c.w, "\r\033[2K%s\n", line)
+}
+
+// logWriter returns a writer for what else goes to the terminal while the
+// bar is up (a remote's stderr, -v traces): the bar's line is cleared, the
+// text written, and the bar drawn again below it.
+func (c *copyProgress) logWriter() io.Writer { return progressLog{c} }
+
+type progressLog struct{ c *copyProgress }
+
+func (l progressLog) Write(p []byte) (int, error) {
+	c := l.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.bar == nil {
+		return c.w.Write(p)
+	}
+	fmt.Fprint(c.w, "\r\033[2K")
+	n, err := c.w.Write(p)
+	if len(p) > 0 && p[len(p)-1] != '\n' {
+		fmt.Fprintln(c.w)
+	}
+	c.bar.RenderBlank()
+	return n, err
 }
 
 // humanBytes writes n with IEC units, as the bar does.

@@ -149,6 +149,11 @@ func PathInfos(t testing.TB, store string, args ...string) map[string]PathInfo {
 	return m
 }
 
+// buildEnv is the environment the test binary started with: FerryBin
+// builds with it, so a test that has moved HOME (t.Setenv) still finds Go's
+// build and module caches.
+var buildEnv = os.Environ()
+
 var (
 	ferryOnce sync.Once
 	ferryDir  string
@@ -168,7 +173,9 @@ func FerryBin(t testing.TB) string {
 			return
 		}
 		ferryPath = filepath.Join(ferryDir, "ferry")
-		out, err := exec.Command("go", "build", "-o", ferryPath, "ferry/cmd/ferry").CombinedOutput()
+		cmd := exec.Command("go", "build", "-o", ferryPath, "ferry/cmd/ferry")
+		cmd.Env = buildEnv
+		out, err := cmd.CombinedOutput()
 		if err != nil {
 			ferryErr = fmt.Errorf("go build ferry/cmd/ferry: %v\n%s", err, out)
 		}

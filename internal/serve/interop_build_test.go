@@ -38,17 +38,12 @@ import (
 	"ferry/store"
 )
 
-// TestInteropBuild builds the ferry binary once and runs every build
-// interop scenario as a parallel subtest against it, so that the binary
-// lives exactly as long as the subtests that use it.
+// TestInteropBuild runs every build interop scenario as a parallel subtest
+// against the ferry binary.
 func TestInteropBuild(t *testing.T) {
 	nixtest.RequireNix(t)
 	nixtest.Require(t, "ssh", "go")
-	ferry := filepath.Join(t.TempDir(), "ferry")
-	build := exec.Command("go", "build", "-o", ferry, "ferry/cmd/ferry")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build ferry: %v\n%s", err, out)
-	}
+	ferry := ferryBin(t)
 	system := strings.Trim(nixtest.Line(t, "nix-instantiate", "--eval", "--expr", "builtins.currentSystem"), `"`)
 	e := &ibEnv{ferry: ferry, system: system}
 	t.Run("NixBuildersGraph", func(t *testing.T) { t.Parallel(); ibNixBuildersGraph(t, e) })

@@ -47,6 +47,14 @@ type PathInfoQuerier interface {
 // store the contents of the paths it adds in bulk.
 type NarSource func(ctx context.Context, info *PathInfo, w io.Writer) error
 
+// ReaderSource is the NarSource of one path whose NAR is read from r.
+func ReaderSource(r io.Reader) NarSource {
+	return func(_ context.Context, _ *PathInfo, w io.Writer) error {
+		_, err := io.Copy(w, r)
+		return err
+	}
+}
+
 // MultiAdder is a store that adds many paths in one pipelined step: it
 // does not wait for one path to be accepted before it takes the next.
 type MultiAdder interface {

@@ -2,15 +2,12 @@ package build
 
 import (
 	"context"
+	"ferry/internal/storetest"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"testing"
-
-	"golang.org/x/sys/unix"
 
 	"ferry/internal/localstore"
 	"ferry/internal/nixtest"
@@ -34,33 +31,6 @@ chmod 077 $out/nouser
 ln -s sub $out/link
 `
 
-// diskMeta describes every entry of the tree at root as the store leaves
-// it on disk: type, permission bits (with setuid, setgid and sticky),
-// mtime and whether it has extended attributes, one line per entry.
-func diskMeta(t *testing.T, root string) string {
-	t.Helper()
-	var lines []string
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		var st unix.Stat_t
-		if err := unix.Lstat(p, &st); err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(root, p)
-		xattrs, _ := unix.Llistxattr(p, nil)
-		lines = append(lines, fmt.Sprintf("%s type=%o mode=%04o mtime=%d.%09d xattrs=%d",
-			rel, st.Mode&unix.S_IFMT, st.Mode&0o7777, st.Mtim.Sec, st.Mtim.Nsec, xattrs))
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sort.Strings(lines)
-	return strings.Join(lines, "\n")
-}
-
 // TestOutputModesLikeNix builds one derivation with nix-build and with
 // BuildGraph and compares what each leaves on disk. Nix 2.8 does not
 // force directories to 0555: one its builder left without the owner's x
@@ -75,7 +45,7 @@ func TestOutputModesLikeNix(t *testing.T) {
 	nixStore, ferryStore := filepath.Join(dir, "nix"), filepath.Join(dir, "ferry")
 
 	out := nixtest.Line(t, "nix-build", "--store", nixStore, "--no-out-link", expr)
-	want := diskMeta(t, filepath.Join(nixStore, out))
+	want := storetest.DiskMeta(t, filepath.Join(nixStore, out))
 	for _, line := range []string{"noexec type=40000 mode=0444", "nouser type=40000 mode=0444", "ux type=40000 mode=0555"} {
 		if !strings.Contains(want, line) {
 			t.Fatalf("nix-build left no %q:\n%s", line, want)
@@ -97,7 +67,7 @@ func TestOutputModesLikeNix(t *testing.T) {
 	if got := string(res.BuiltOutputs["out"]); got != out {
 		t.Fatalf("ferry built %s, nix %s", got, out)
 	}
-	if got := diskMeta(t, st.RealPath(res.BuiltOutputs["out"])); got != want {
+	if got := storetest.DiskMeta(t, st.RealPath(res.BuiltOutputs["out"])); got != want {
 		t.Errorf("output on disk:\nferry\n%s\nnix\n%s", got, want)
 	}
 	nixtest.Nix(t, nil, "nix-store", "--store", ferryStore, "--verify", "--check-contents")

@@ -3,47 +3,17 @@ package localstore
 import (
 	"bytes"
 	"context"
-	"fmt"
-	"io/fs"
+	"ferry/internal/storetest"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
 
-	"golang.org/x/sys/unix"
-
 	"ferry/internal/nixtest"
 	"ferry/nix/hash"
 	"ferry/nix/storepath"
 )
-
-// diskMeta describes every entry of the tree at root as the store leaves
-// it on disk: type, permission bits (with setuid, setgid and sticky),
-// mtime and whether it has extended attributes, one line per entry.
-func diskMeta(t *testing.T, root string) string {
-	t.Helper()
-	var lines []string
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		var st unix.Stat_t
-		if err := unix.Lstat(p, &st); err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(root, p)
-		xattrs, _ := unix.Llistxattr(p, nil)
-		lines = append(lines, fmt.Sprintf("%s type=%o mode=%04o mtime=%d.%09d xattrs=%d",
-			rel, st.Mode&unix.S_IFMT, st.Mode&0o7777, st.Mtim.Sec, st.Mtim.Nsec, xattrs))
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sort.Strings(lines)
-	return strings.Join(lines, "\n")
-}
 
 // TestAddLeavesWhatNixLeaves adds one tree with directories and files of
 // every kind of mode to a ferry store (AddPath, and Import of Nix's
@@ -78,7 +48,7 @@ func TestAddLeavesWhatNixLeaves(t *testing.T) {
 
 	nixRoot := t.TempDir()
 	p := nixtest.Line(t, "nix-store", "--store", nixRoot, "--add", src)
-	want := diskMeta(t, filepath.Join(nixRoot, p))
+	want := storetest.DiskMeta(t, filepath.Join(nixRoot, p))
 	if !strings.Contains(want, "d600 type=40000 mode=0555") {
 		t.Fatalf("Nix left d600 other than 0555:\n%s", want)
 	}
@@ -89,7 +59,7 @@ func TestAddLeavesWhatNixLeaves(t *testing.T) {
 	if string(info.Path) != p {
 		t.Fatalf("ferry added %s, nix %s", info.Path, p)
 	}
-	if got := diskMeta(t, s.RealPath(info.Path)); got != want {
+	if got := storetest.DiskMeta(t, s.RealPath(info.Path)); got != want {
 		t.Errorf("after AddPath:\nferry\n%s\nnix\n%s", got, want)
 	}
 
@@ -97,7 +67,7 @@ func TestAddLeavesWhatNixLeaves(t *testing.T) {
 	imp := openStore(t, t.TempDir())
 	_, err = imp.Import(ctx, bytes.NewReader(stream))
 	fatalIf(t, err)
-	if got := diskMeta(t, imp.RealPath(info.Path)); got != want {
+	if got := storetest.DiskMeta(t, imp.RealPath(info.Path)); got != want {
 		t.Errorf("after Import:\nferry\n%s\nnix\n%s", got, want)
 	}
 }

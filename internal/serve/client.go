@@ -296,10 +296,7 @@ type onlyWriter struct{ io.Writer }
 // AddToStoreNar uploads one path (proto >= 2.5) and waits for the server
 // to accept it; its references must be valid on the server already.
 func (c *Client) AddToStoreNar(ctx context.Context, info *store.PathInfo, narData io.Reader) error {
-	return c.AddToStoreNars(ctx, []*store.PathInfo{info}, func(_ context.Context, _ *store.PathInfo, w io.Writer) error {
-		_, err := io.Copy(w, narData)
-		return err
-	}, nil)
+	return c.AddToStoreNars(ctx, []*store.PathInfo{info}, store.ReaderSource(narData), nil)
 }
 
 // AddToStoreNars uploads infos in order (proto >= 2.5), one AddToStoreNar

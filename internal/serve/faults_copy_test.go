@@ -113,15 +113,12 @@ func TestSSHFerryCopyFaults(t *testing.T) {
 	s := sshtest.Start(t, nil)
 	cenv := append(append([]string{}, env...), s.Env()...)
 
-	for _, remote := range []struct{ name, program string }{
-		{"nix-store --serve", "nix-store"},
-		{"ferry serve", ferry},
-	} {
+	for _, remote := range remotePrograms(ferry) {
 		for _, fault := range []string{"interrupt", "killed server"} {
 			t.Run(remote.name+"/"+fault, func(t *testing.T) {
 				dst := filepath.Join(t.TempDir(), "dst")
 				wrapper, pidFile := pidWrapper(t, remote.program)
-				uri := s.URI() + "?remote-program=" + wrapper + "&remote-store=" + dst
+				uri := remoteURI(s, wrapper, dst)
 				cmd, log, done := startCopy(t, cenv, ferry, "--store", src, "--to", uri, top)
 				switch fault {
 				case "interrupt":
@@ -154,7 +151,7 @@ func TestSSHFerryCopyFaults(t *testing.T) {
 				time.Sleep(200 * time.Millisecond)
 				verifyStore(t, env, dst)
 				verifyStore(t, env, src)
-				out := runTool(t, cenv, ferry, "copy", "--json", "--store", src, "--to", s.URI()+"?remote-program="+remote.program+"&remote-store="+dst, top)
+				out := runTool(t, cenv, ferry, "copy", "--json", "--store", src, "--to", remoteURI(s, remote.program, dst), top)
 				t.Logf("the next copy: %s", strings.TrimSpace(out))
 				if !strings.Contains(out, fmt.Sprintf(`"skipped":%d`, total-countCopied(t, out))) {
 					t.Errorf("copied and skipped do not add up to %d: %s", total, out)
@@ -192,7 +189,7 @@ func TestSSHFerryCopyRefused(t *testing.T) {
 	} {
 		t.Run(remote.name, func(t *testing.T) {
 			dst := filepath.Join(t.TempDir(), "dst")
-			uri := s.URI() + "?remote-program=" + remote.program + "&remote-store=" + dst
+			uri := remoteURI(s, remote.program, dst)
 			_, stderr, err := tryTool(cenv, ferry, "copy", "--store", src, "--to", uri, p)
 			if err == nil {
 				t.Fatal("ferry copy of a corrupt path succeeded")
@@ -258,10 +255,7 @@ func TestSSHFerryCopyDiskFull(t *testing.T) {
 		fmt.Sprintf(`builtins.toFile "top" "${builtins.storePath %q} ${builtins.storePath %q}"`, smallPath, bigPath))), `"`)
 	s := sshtest.Start(t, nil)
 	cenv := append(append([]string{}, env...), s.Env()...)
-	for _, remote := range []struct{ name, program string }{
-		{"nix-store --serve", "nix-store"},
-		{"ferry serve", ferry},
-	} {
+	for _, remote := range remotePrograms(ferry) {
 		t.Run(remote.name, func(t *testing.T) {
 			disk := t.TempDir()
 			out := t.TempDir()
@@ -277,7 +271,7 @@ exit $status' sh "$@"
 			if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
 				t.Fatal(err)
 			}
-			uri := s.URI() + "?remote-program=" + wrapper + "&remote-store=" + dst
+			uri := remoteURI(s, wrapper, dst)
 			_, stderr, err := tryTool(cenv, ferry, "copy", "--store", src, "--to", uri, top)
 			if err == nil {
 				t.Fatal("ferry copy of 8 MiB onto a 3 MiB disk succeeded")

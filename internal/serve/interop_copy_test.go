@@ -41,13 +41,10 @@ func TestSSHFerryCopy(t *testing.T) {
 	s := sshtest.Start(t, nil)
 	cenv := append(append([]string{}, env...), s.Env()...)
 
-	for _, remote := range []struct{ name, program string }{
-		{"nix-store --serve", "nix-store"},
-		{"ferry serve", ferry},
-	} {
+	for _, remote := range remotePrograms(ferry) {
 		t.Run(remote.name, func(t *testing.T) {
 			dst := filepath.Join(t.TempDir(), "dst")
-			uri := s.URI() + "?remote-program=" + remote.program + "&remote-store=" + dst
+			uri := remoteURI(s, remote.program, dst)
 			out := runTool(t, cenv, ferry, "copy", "--json", "--store", src, "--to", uri, string(c.top))
 			if !strings.Contains(out, `"copied":61`) || !strings.Contains(out, `"skipped":0`) {
 				t.Errorf("ferry copy --to: %s", out)
@@ -69,12 +66,25 @@ func TestSSHFerryCopy(t *testing.T) {
 
 			// From one ssh store to another.
 			other := filepath.Join(t.TempDir(), "other")
-			otherURI := s.URI() + "?remote-program=" + remote.program + "&remote-store=" + other
+			otherURI := remoteURI(s, remote.program, other)
 			runTool(t, cenv, ferry, "copy", "--from", uri, "--to", otherURI, string(c.top))
 			verifyStore(t, env, other)
 			samePathInfos(t, "ferry copy --from ssh --to ssh", want, pathInfos(t, env, other, c.top))
 		})
 	}
+}
+
+// remoteProgram is a serve program the client tests run on the far side.
+type remoteProgram struct{ name, program string }
+
+// remotePrograms are real nix-store --serve and ferry serve.
+func remotePrograms(ferry string) []remoteProgram {
+	return []remoteProgram{{"nix-store --serve", "nix-store"}, {"ferry serve", ferry}}
+}
+
+// remoteURI names the store at root behind sshd s, served by program.
+func remoteURI(s *sshtest.Server, program, root string) string {
+	return s.URI() + "?remote-program=" + program + "&remote-store=" + root
 }
 
 func readFile(t *testing.T, path string) string {
@@ -117,13 +127,10 @@ func TestSSHFerryCopyStreams(t *testing.T) {
 		}
 		return cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss << 10
 	}
-	for _, remote := range []struct{ name, program string }{
-		{"nix-store --serve", "nix-store"},
-		{"ferry serve", ferry},
-	} {
+	for _, remote := range remotePrograms(ferry) {
 		t.Run(remote.name, func(t *testing.T) {
 			dst := filepath.Join(t.TempDir(), "dst")
-			uri := s.URI() + "?remote-program=" + remote.program + "&remote-store=" + dst
+			uri := remoteURI(s, remote.program, dst)
 			to := maxRSS("copy", "--store", src, "--to", uri, p)
 			back := filepath.Join(t.TempDir(), "back")
 			from := maxRSS("copy", "--no-check-sigs", "--store", back, "--from", uri, p)
@@ -152,11 +159,8 @@ func TestSSHFerryQueries(t *testing.T) {
 	top := string(c.top)
 	s := sshtest.Start(t, nil)
 	cenv := append(append([]string{}, env...), s.Env()...)
-	for _, remote := range []struct{ name, program string }{
-		{"nix-store --serve", "nix-store"},
-		{"ferry serve", ferry},
-	} {
-		uri := s.URI() + "?remote-program=" + remote.program + "&remote-store=" + root
+	for _, remote := range remotePrograms(ferry) {
+		uri := remoteURI(s, remote.program, root)
 		for _, args := range [][]string{
 			{"path-info", "--closure", "--size", "--closure-size", top},
 			{"query", "--requisites", top},

@@ -577,10 +577,7 @@ func (s *Store) NarsFromPaths(ctx context.Context, paths []storepath.Path, fn fu
 
 // AddToStoreNar uploads one path.
 func (s *Store) AddToStoreNar(ctx context.Context, info *store.PathInfo, nar io.Reader) error {
-	return s.AddToStoreNars(ctx, []*store.PathInfo{info}, func(_ context.Context, _ *store.PathInfo, w io.Writer) error {
-		_, err := io.Copy(w, nar)
-		return err
-	}, nil)
+	return s.AddToStoreNars(ctx, []*store.PathInfo{info}, store.ReaderSource(nar), nil)
 }
 
 // AddToStoreNars uploads infos pipelined: AddToStoreNar where the remote

@@ -72,6 +72,12 @@ type OpenOptions struct {
 	// ConnectTimeout bounds how long a remote store may take to answer
 	// the handshake. Zero means 10 s; a URI parameter overrides it.
 	ConnectTimeout time.Duration
+	// LazyHandshake lets a remote store send its first request in the
+	// same round trip as the handshake: Open returns before the far side
+	// has answered, and a peer that is not a serve peer (or does not
+	// answer within ConnectTimeout) is reported by the first call, with
+	// the error Open would have given. The zero value waits in Open.
+	LazyHandshake bool
 	// ReservedSize is the local store's gc-reserved-space (the size of
 	// db/reserved): zero means Nix's default, negative an empty file.
 	ReservedSize int64

@@ -88,7 +88,7 @@ func runCopy(ctx context.Context, e *Env, f *copyFlags, args []string) error {
 		withBar.Stderr = bar.logWriter()
 		storeEnv = &withBar
 	}
-	src, err := openStore(ctx, storeEnv, conf, fromURI)
+	src, err := openStore(ctx, storeEnv, conf, fromURI, true)
 	if err != nil {
 		return err
 	}
@@ -101,7 +101,7 @@ func runCopy(ctx context.Context, e *Env, f *copyFlags, args []string) error {
 		}
 		paths = append(paths, p)
 	}
-	dst, err := openStore(ctx, storeEnv, conf, toURI)
+	dst, err := openStore(ctx, storeEnv, conf, toURI, true)
 	if err != nil {
 		return err
 	}

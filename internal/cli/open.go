@@ -16,10 +16,12 @@ import (
 // and the defaults (localstore.Select handles "" as "auto").
 func storeFlag(e *Env) string { return e.Store }
 
-// openStore opens the store the --store flag names, whatever kind it is,
-// through store.Open: the one place that resolves a store URI.
-func openStore(ctx context.Context, e *Env, conf *settings.Settings, uri string) (store.Store, error) {
-	opts := &store.OpenOptions{Log: e.Stderr, Verbose: e.Verbose, ConnectTimeout: e.ConnectTimeout}
+// openStore opens the store uri names, whatever kind it is, through
+// store.Open: the one place that resolves a store URI. lazy lets a remote
+// store's first request share the handshake's round trip
+// (store.OpenOptions.LazyHandshake): for commands that make one right away.
+func openStore(ctx context.Context, e *Env, conf *settings.Settings, uri string, lazy bool) (store.Store, error) {
+	opts := &store.OpenOptions{Log: e.Stderr, Verbose: e.Verbose, ConnectTimeout: e.ConnectTimeout, LazyHandshake: lazy}
 	if conf != nil {
 		opts.ReservedSize = conf.ReservedSize
 		if conf.ReservedSize <= 0 {
@@ -34,7 +36,7 @@ func openStore(ctx context.Context, e *Env, conf *settings.Settings, uri string)
 // verifying, adding files) needs the store's own disk. Its db/reserved
 // file gets conf's gc-reserved-space.
 func openConfiguredStore(ctx context.Context, e *Env, conf *settings.Settings) (*localstore.Store, error) {
-	st, err := openStore(ctx, e, conf, storeFlag(e))
+	st, err := openStore(ctx, e, conf, storeFlag(e), true)
 	if err != nil {
 		return nil, err
 	}
@@ -71,7 +73,7 @@ func withAnyStore(ctx context.Context, e *Env, f func(store.Store) error) error 
 	if err != nil {
 		return err
 	}
-	st, err := openStore(ctx, e, conf, storeFlag(e))
+	st, err := openStore(ctx, e, conf, storeFlag(e), true)
 	if err != nil {
 		return err
 	}

@@ -79,7 +79,7 @@ func fastDir(t *testing.T) string {
 
 // session opens the ssh store over two delayed links to an in-process
 // ferry serve --write on a fresh local store.
-func session(t *testing.T, delay time.Duration) (*sshstore.Store, *localstore.Store) {
+func session(t *testing.T, delay time.Duration, lazy bool) (*sshstore.Store, *localstore.Store) {
 	t.Helper()
 	ctx := context.Background()
 	remote, err := localstore.Open(filepath.Join(fastDir(t), "remote"), &localstore.Options{NoSync: true})
@@ -96,7 +96,7 @@ func session(t *testing.T, delay time.Duration) (*sshstore.Store, *localstore.St
 		serve.NewServer(localserve.NewBackend(remote, nil, nil), &serve.Options{Write: true}).Serve(ctx, toServer, fromServer)
 		fromServer.Close()
 	}()
-	st, err := sshstore.NewStore(ctx, "delayed", clientIn, clientOut, done, nil)
+	st, err := sshstore.NewStore(ctx, "delayed", clientIn, clientOut, done, &store.OpenOptions{LazyHandshake: lazy})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,12 +132,12 @@ func source(t *testing.T, n int) (*localstore.Store, storepath.Path) {
 // takes over links with a one-way delay, less its time without delay,
 // divided by the round-trip time. Neither grows with n.
 func TestRoundTripsDoNotGrow(t *testing.T) {
-	const delay = 40 * time.Millisecond
+	const delay = 100 * time.Millisecond
 	ctx := context.Background()
-	copyOnce := func(t *testing.T, n int, delay time.Duration) (waits int, elapsed time.Duration) {
+	copyOnce := func(t *testing.T, n int, delay time.Duration, lazy bool) (waits int, elapsed time.Duration) {
 		src, top := source(t, n)
 		start := time.Now()
-		dst, remote := session(t, delay)
+		dst, remote := session(t, delay, lazy)
 		res, err := storecopy.Copy(ctx, src, dst, []storepath.Path{top}, nil)
 		if err != nil {
 			t.Fatal(err)
@@ -153,21 +153,24 @@ func TestRoundTripsDoNotGrow(t *testing.T) {
 		}
 		return waits, elapsed
 	}
-	for _, n := range []int{1, 10, 1000} {
-		t.Run(fmt.Sprint(n), func(t *testing.T) {
-			waits, slow := copyOnce(t, n, delay)
-			_, fast := copyOnce(t, n, 0)
-			rtts := float64(slow-fast) / float64(2*delay)
-			t.Logf("%d paths: %d waits; %.1f round trips by the clock (%v with %v each way, %v without)", n, waits, rtts, slow, delay, fast)
-			// The handshake, one locked query over the closure, one
-			// pipelined upload.
-			if waits != 3 {
-				t.Errorf("the client waited %d times for %d paths, want 3", waits, n)
-			}
-			if math.Round(rtts) > 5 {
-				t.Errorf("%d paths took %.1f round trips by the clock, want about 3 (at most 5)", n, rtts)
-			}
-		})
+	for _, lazy := range []bool{false, true} {
+		// The handshake, one locked query over the closure, one pipelined
+		// upload; with a lazy handshake the query goes out with it.
+		want := map[bool]int{false: 3, true: 2}[lazy]
+		for _, n := range []int{1, 10, 1000} {
+			t.Run(fmt.Sprintf("%d/lazy=%v", n, lazy), func(t *testing.T) {
+				waits, slow := copyOnce(t, n, delay, lazy)
+				_, fast := copyOnce(t, n, 0, lazy)
+				rtts := float64(slow-fast) / float64(2*delay)
+				t.Logf("%d paths: %d waits; %.1f round trips by the clock (%v with %v each way, %v without)", n, waits, rtts, slow, delay, fast)
+				if waits != want {
+					t.Errorf("the client waited %d times for %d paths, want %d", waits, n, want)
+				}
+				if math.Round(rtts) > float64(want+2) {
+					t.Errorf("%d paths took %.1f round trips by the clock, want about %d (at most %d)", n, rtts, want, want+2)
+				}
+			})
+		}
 	}
 
 	// The same measure finds the round trips of a client that waits for
@@ -176,7 +179,7 @@ func TestRoundTripsDoNotGrow(t *testing.T) {
 		const n = 10
 		src, top := source(t, n)
 		start := time.Now()
-		dst, _ := session(t, delay)
+		dst, _ := session(t, delay, false)
 		closure, err := storecopy.Closure(ctx, src, []storepath.Path{top}, false)
 		if err != nil {
 			t.Fatal(err)

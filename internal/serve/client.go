@@ -44,6 +44,11 @@ type Client struct {
 	trace   func(format string, args ...any)
 	waits   atomic.Int64
 	broken  error // set when an exchange failed midway; guarded by mu
+	// helloDone is closed once the server's half of the handshake has
+	// been read, or has failed with helloErr. With ClientOptions.Lazy a
+	// goroutine reads it, and nothing else reads r until it is closed.
+	helloDone chan struct{}
+	helloErr  error
 }
 
 // ClientOptions configures a Client. A nil *ClientOptions means defaults.
@@ -56,6 +61,12 @@ type ClientOptions struct {
 	Version uint64
 	// Trace, if not nil, is told of each protocol step (ferry -v).
 	Trace func(format string, args ...any)
+	// Lazy sends the client's half of the handshake and returns without
+	// waiting for the server's: its reply is read with the first call's,
+	// which goes out in the same round trip (a server reads the client's
+	// version and then its first command from one stream). A peer that is
+	// not a serve peer is then reported by the first call.
+	Lazy bool
 }
 
 // NewClient performs the handshake and returns the client. dir is the store
@@ -65,24 +76,91 @@ func NewClient(ctx context.Context, r io.Reader, w io.Writer, dir storepath.Dir,
 	if opts == nil {
 		opts = &ClientOptions{}
 	}
-	c := &Client{r: wire.NewReader(bufio.NewReaderSize(r, 1<<16)), w: wire.NewWriterSize(w, 1<<16), dir: dir, closer: opts.Closer, trace: opts.Trace}
+	c := &Client{r: wire.NewReader(bufio.NewReaderSize(r, 1<<16)), w: wire.NewWriterSize(w, 1<<16), dir: dir, closer: opts.Closer, trace: opts.Trace,
+		helloDone: make(chan struct{})}
 	version := opts.Version
 	if version == 0 {
 		version = Version
 	}
 	defer c.watch(ctx)()
+	WriteClientHello(c.w, version)
+	if err := c.w.Flush(); err != nil {
+		return nil, c.ctxErr(ctx, fmt.Errorf("write client hello: %w", err))
+	}
+	if opts.Lazy {
+		go c.readHello()
+		return c, nil
+	}
 	c.waits.Add(1)
-	v, err := ClientHandshake(c.r, c.w, version)
-	if err != nil {
+	if err := c.readHello(); err != nil {
 		return nil, c.ctxErr(ctx, err)
 	}
-	c.version = v
-	c.tracef("handshake: server speaks protocol %d.%d", Major(v)>>8, Minor(v))
 	return c, nil
 }
 
-// ServerVersion is the version word the server sent.
-func (c *Client) ServerVersion() uint64 { return c.version }
+// readHello reads the server's half of the handshake, with
+// ClientHandshake's checks, and closes helloDone.
+func (c *Client) readHello() error {
+	v, err := ReadServerHello(c.r)
+	if err == nil && Major(v) != 0x200 {
+		err = fmt.Errorf("unsupported 'nix-store --serve' protocol version %#x", v)
+	}
+	c.version, c.helloErr = v, err
+	if err == nil {
+		c.tracef("handshake: server speaks protocol %d.%d", Major(v)>>8, Minor(v))
+	}
+	close(c.helloDone)
+	return err
+}
+
+// helloRead reports whether the server's half of the handshake is in.
+func (c *Client) helloRead() bool {
+	select {
+	case <-c.helloDone:
+		return true
+	default:
+		return false
+	}
+}
+
+// awaitHello waits for the server's half of the handshake and returns its
+// error.
+func (c *Client) awaitHello() error {
+	<-c.helloDone
+	return c.helloErr
+}
+
+// Handshake waits for the server's half of the handshake, if it has not
+// been read yet, and returns its error.
+func (c *Client) Handshake(ctx context.Context) error {
+	if c.helloRead() {
+		return c.helloErr
+	}
+	defer c.watch(ctx)()
+	c.waits.Add(1)
+	return c.ctxErr(ctx, c.awaitHello())
+}
+
+// HelloDone is closed once the server's half of the handshake has been
+// read (HelloErr then says whether it was right).
+func (c *Client) HelloDone() <-chan struct{} { return c.helloDone }
+
+// HelloErr is the handshake's error, once HelloDone is closed.
+func (c *Client) HelloErr() error {
+	select {
+	case <-c.helloDone:
+		return c.helloErr
+	default:
+		return nil
+	}
+}
+
+// ServerVersion is the version word the server sent (read first, if the
+// handshake is lazy and still unread).
+func (c *Client) ServerVersion() uint64 {
+	c.Handshake(context.Background())
+	return c.version
+}
 
 // Dir is the store directory the client parses paths in.
 func (c *Client) Dir() storepath.Dir { return c.dir }
@@ -94,7 +172,7 @@ func (c *Client) Waits() int { return int(c.waits.Load()) }
 
 // HasAddToStoreNar reports whether the server has AddToStoreNar (proto >=
 // 2.5); older servers take copies as ImportPaths.
-func (c *Client) HasAddToStoreNar() bool { return c.minor() >= 5 }
+func (c *Client) HasAddToStoreNar() bool { return Minor(c.ServerVersion()) >= 5 }
 
 // minor is the protocol minor the client uses: Nix 2.8's client gates on
 // the server's minor (docs/protocol.md §2.3), capped at ours.
@@ -135,21 +213,34 @@ func (c *Client) ctxErr(ctx context.Context, err error) error {
 // exchange runs one request and its reply: send writes the request,
 // which is flushed; recv reads the reply. Any error leaves the session out
 // of step, so every later call fails with it.
-func (c *Client) exchange(ctx context.Context, what string, send func() error, recv func() error) error {
+//
+// A request whose encoding depends on the server's version (needVersion)
+// waits for a lazy handshake first; any other goes out at once, and the
+// handshake's reply is read before its own.
+func (c *Client) exchange(ctx context.Context, what string, needVersion bool, send func() error, recv func() error) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.broken != nil {
 		return fmt.Errorf("%s: session ended earlier: %w", what, c.broken)
 	}
 	defer c.watch(ctx)()
-	c.tracef("%s", what)
-	err := send()
+	var err error
+	if needVersion && !c.helloRead() {
+		c.waits.Add(1)
+		err = c.awaitHello()
+	}
+	if err == nil {
+		c.tracef("%s", what)
+		err = send()
+	}
 	if err == nil {
 		err = c.w.Flush()
 	}
 	if err == nil {
 		c.waits.Add(1)
-		err = recv()
+		if err = c.awaitHello(); err == nil {
+			err = recv()
+		}
 	}
 	if err != nil {
 		err = c.ctxErr(ctx, err)
@@ -164,7 +255,7 @@ func (c *Client) exchange(ctx context.Context, what string, send func() error, r
 // only with --write, which every ssh store passes).
 func (c *Client) QueryValidPaths(ctx context.Context, paths []storepath.Path, lock, substitute bool) ([]storepath.Path, error) {
 	var valid []storepath.Path
-	err := c.exchange(ctx, fmt.Sprintf("QueryValidPaths lock=%v: %d paths", lock, len(paths)), func() error {
+	err := c.exchange(ctx, fmt.Sprintf("QueryValidPaths lock=%v: %d paths", lock, len(paths)), false, func() error {
 		WriteCommand(c.w, CmdQueryValidPaths)
 		return WriteQueryValidPaths(c.w, &QueryValidPathsRequest{Lock: lock, Substitute: substitute, Paths: paths})
 	}, func() (err error) {
@@ -178,7 +269,7 @@ func (c *Client) QueryValidPaths(ctx context.Context, paths []storepath.Path, lo
 // by path as the server sends them.
 func (c *Client) QueryPathInfos(ctx context.Context, paths []storepath.Path) ([]*store.PathInfo, error) {
 	var infos []*store.PathInfo
-	err := c.exchange(ctx, fmt.Sprintf("QueryPathInfos: %d paths", len(paths)), func() error {
+	err := c.exchange(ctx, fmt.Sprintf("QueryPathInfos: %d paths", len(paths)), false, func() error {
 		WriteCommand(c.w, CmdQueryPathInfos)
 		return WritePathSet(c.w, paths)
 	}, func() error {
@@ -203,7 +294,7 @@ func (c *Client) QueryPathInfos(ctx context.Context, paths []storepath.Path) ([]
 // includeOutputs, also the valid outputs of the derivations in it).
 func (c *Client) QueryClosure(ctx context.Context, paths []storepath.Path, includeOutputs bool) ([]storepath.Path, error) {
 	var closure []storepath.Path
-	err := c.exchange(ctx, fmt.Sprintf("QueryClosure: %d paths", len(paths)), func() error {
+	err := c.exchange(ctx, fmt.Sprintf("QueryClosure: %d paths", len(paths)), false, func() error {
 		WriteCommand(c.w, CmdQueryClosure)
 		return WriteQueryClosure(c.w, includeOutputs, paths)
 	}, func() (err error) {
@@ -226,7 +317,7 @@ func (c *Client) DumpStorePath(ctx context.Context, p storepath.Path, w io.Write
 // length-prefixed on the wire, so each is delimited by parsing it.
 // A path the server does not have ends the session (Nix's server fails).
 func (c *Client) DumpStorePaths(ctx context.Context, paths []storepath.Path, fn func(p storepath.Path, nar io.Reader) error) error {
-	return c.exchange(ctx, fmt.Sprintf("DumpStorePath: %d paths, pipelined", len(paths)), func() error {
+	return c.exchange(ctx, fmt.Sprintf("DumpStorePath: %d paths, pipelined", len(paths)), false, func() error {
 		for _, p := range paths {
 			WriteCommand(c.w, CmdDumpStorePath)
 			if err := WritePath(c.w, p); err != nil {
@@ -311,7 +402,7 @@ func (c *Client) AddToStoreNars(ctx context.Context, infos []*store.PathInfo, na
 	if !c.HasAddToStoreNar() {
 		return fmt.Errorf("add paths: server protocol %#x has no AddToStoreNar", c.version)
 	}
-	return c.pipeline(ctx, fmt.Sprintf("AddToStoreNar: %d paths, pipelined", len(infos)), func() error {
+	return c.pipeline(ctx, fmt.Sprintf("AddToStoreNar: %d paths, pipelined", len(infos)), true, func() error {
 		for _, info := range infos {
 			WriteCommand(c.w, CmdAddToStoreNar)
 			if err := WriteAddToStoreNar(c.w, info); err != nil {
@@ -339,7 +430,7 @@ func (c *Client) AddToStoreNars(ctx context.Context, infos []*store.PathInfo, na
 // servers older than 2.5 take); the server imports them all before its one
 // reply, so added is called for every path at the end.
 func (c *Client) ImportPaths(ctx context.Context, infos []*store.PathInfo, nars store.NarSource, added func(*store.PathInfo)) error {
-	return c.pipeline(ctx, fmt.Sprintf("ImportPaths: %d paths", len(infos)), func() error {
+	return c.pipeline(ctx, fmt.Sprintf("ImportPaths: %d paths", len(infos)), false, func() error {
 		WriteCommand(c.w, CmdImportPaths)
 		ew := export.NewWriter(c.w)
 		for _, info := range infos {
@@ -369,11 +460,18 @@ func (c *Client) ImportPaths(ctx context.Context, infos []*store.PathInfo, nars 
 
 // pipeline runs send and recv at once: send writes a stream of requests
 // (flushed at the end) while recv reads their replies.
-func (c *Client) pipeline(outer context.Context, what string, send, recv func() error) error {
+func (c *Client) pipeline(outer context.Context, what string, needVersion bool, send, recv func() error) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.broken != nil {
 		return fmt.Errorf("%s: session ended earlier: %w", what, c.broken)
+	}
+	if needVersion && !c.helloRead() {
+		c.waits.Add(1)
+		if err := c.awaitHello(); err != nil {
+			c.broken = err
+			return err
+		}
 	}
 	ctx, cancel := context.WithCancel(outer)
 	defer cancel()
@@ -393,7 +491,10 @@ func (c *Client) pipeline(outer context.Context, what string, send, recv func() 
 		}
 		sent <- err
 	}()
-	rerr := recv()
+	rerr := c.awaitHello()
+	if rerr == nil {
+		rerr = recv()
+	}
 	if rerr != nil {
 		cancel() // unblock a writer stuck on a server that stopped reading
 	}
@@ -471,7 +572,7 @@ func (c *Client) BuildDerivation(ctx context.Context, drvPath storepath.Path, dr
 		s = &store.BuildSettings{}
 	}
 	var res *BuildResult
-	err := c.exchange(ctx, "BuildDerivation "+string(drvPath), func() error {
+	err := c.exchange(ctx, "BuildDerivation "+string(drvPath), true, func() error {
 		WriteCommand(c.w, CmdBuildDerivation)
 		WritePath(c.w, drvPath)
 		if err := WriteBasicDerivation(c.w, drv); err != nil {
@@ -492,7 +593,7 @@ func (c *Client) BuildPaths(ctx context.Context, paths []DerivedPath, s *store.B
 		s = &store.BuildSettings{}
 	}
 	var rep *BuildPathsReply
-	err := c.exchange(ctx, fmt.Sprintf("BuildPaths: %d paths", len(paths)), func() error {
+	err := c.exchange(ctx, fmt.Sprintf("BuildPaths: %d paths", len(paths)), true, func() error {
 		WriteCommand(c.w, CmdBuildPaths)
 		return WriteBuildPaths(c.w, c.effectiveVersion(), paths, s)
 	}, func() (err error) {

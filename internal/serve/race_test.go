@@ -163,10 +163,19 @@ func relayRequests(client io.Reader, server io.Writer, hold *atomic.Bool, ctl st
 }
 
 // relayReplies copies the server's bytes to the client. Once hold is set,
-// the next bytes are the QueryValidPaths reply: it reads the whole path set,
+// the next bytes after the handshake are the QueryValidPaths reply: it reads the whole path set,
 // writes its paths to ctl/held and waits for ctl/release before forwarding.
 func relayReplies(server io.Reader, client io.Writer, hold *atomic.Bool, ctl string) {
 	br := bufio.NewReader(server)
+	// The server's half of the handshake comes first: a client with a lazy
+	// handshake (ferry copy) sends its query before it has read it.
+	var hello [16]byte
+	if _, err := io.ReadFull(br, hello[:]); err != nil {
+		return
+	}
+	if _, err := client.Write(hello[:]); err != nil {
+		return
+	}
 	held := false
 	for {
 		if _, err := br.Peek(1); err != nil {

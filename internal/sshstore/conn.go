@@ -36,7 +36,7 @@ func NewStore(ctx context.Context, name string, r io.Reader, w io.WriteCloser, d
 	if opts.Verbose {
 		trace = func(format string, args ...any) { fmt.Fprintf(logw, "%s: %s\n", name, fmt.Sprintf(format, args...)) }
 	}
-	c, err := serve.NewClient(ctx, r, w, s.dir, &serve.ClientOptions{Closer: w, Trace: trace})
+	c, err := serve.NewClient(ctx, r, w, s.dir, &serve.ClientOptions{Closer: w, Trace: trace, Lazy: opts.LazyHandshake})
 	if err != nil {
 		w.Close()
 		return nil, fmt.Errorf("open %s: %w", name, err)

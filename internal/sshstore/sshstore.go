@@ -136,6 +136,11 @@ type Store struct {
 	waitErr   error
 	closeOnce sync.Once
 	closeErr  error
+	// With a lazy handshake (store.OpenOptions.LazyHandshake), helloChecked
+	// is closed once the server's half has been checked, with helloErr
+	// the error Open would have returned.
+	helloChecked chan struct{}
+	helloErr     error
 }
 
 var (
@@ -334,6 +339,18 @@ func Open(ctx context.Context, u *store.URI, opts *store.OpenOptions) (*Store, e
 			fmt.Fprintf(logw, "%s: %s\n", u.Authority, fmt.Sprintf(format, args...))
 		}
 	}
+	if opts.LazyHandshake {
+		// The handshake's reply comes with the first call's; it is
+		// checked, with the connect timeout, as it arrives.
+		c, err := serve.NewClient(ctx, said, s.stdin, s.dir, &serve.ClientOptions{Closer: closerFunc(s.kill), Trace: trace, Lazy: true})
+		if err != nil {
+			return nil, s.openFailed(ctx, err, said)
+		}
+		s.client = c
+		s.helloChecked = make(chan struct{})
+		go s.checkHello(timeout, said)
+		return s, nil
+	}
 	type result struct {
 		c   *serve.Client
 		err error
@@ -357,11 +374,7 @@ func Open(ctx context.Context, u *store.URI, opts *store.OpenOptions) (*Store, e
 		s.kill()
 		<-done
 		s.reap()
-		got := ""
-		if t := said.describe(); t != "" {
-			got = fmt.Sprintf("; it said %s", t)
-		}
-		return nil, fmt.Errorf("open %s: '%s' did not answer the 'nix-store --serve' handshake within %v (connect-timeout)%s%s", u.Raw, u.Authority, timeout, got, s.stderr.Quote())
+		return nil, s.timedOut(timeout, said)
 	case <-ctx.Done():
 		s.kill()
 		<-done
@@ -400,6 +413,35 @@ func (s *Store) exitText() string {
 // openFailed explains a failed handshake the way Nix does ("'nix-store
 // --serve' protocol mismatch from 'HOST', got '...'"), quoting what the
 // other end printed on stdout and stderr and how it ended.
+// timedOut is the error of a peer that did not answer the handshake in
+// time.
+func (s *Store) timedOut(timeout time.Duration, said *headRecorder) error {
+	got := ""
+	if t := said.describe(); t != "" {
+		got = fmt.Sprintf("; it said %s", t)
+	}
+	return fmt.Errorf("open %s: '%s' did not answer the 'nix-store --serve' handshake within %v (connect-timeout)%s%s", s.uri, s.host, timeout, got, s.stderr.Quote())
+}
+
+// checkHello checks a lazy handshake as its reply arrives, within the
+// connect timeout, and keeps the error Open would have given.
+func (s *Store) checkHello(timeout time.Duration, said *headRecorder) {
+	defer close(s.helloChecked)
+	select {
+	case <-s.client.HelloDone():
+		if err := s.client.HelloErr(); err != nil {
+			s.helloErr = s.openFailed(context.Background(), err, said)
+		} else {
+			said.stop()
+		}
+	case <-time.After(timeout):
+		s.kill()
+		<-s.client.HelloDone()
+		s.reap()
+		s.helloErr = s.timedOut(timeout, said)
+	}
+}
+
 func (s *Store) openFailed(ctx context.Context, err error, said *headRecorder) error {
 	if ctx.Err() != nil {
 		s.kill()
@@ -510,6 +552,13 @@ func (s *Store) Dir() storepath.Dir { return s.dir }
 func (s *Store) fail(err error) error {
 	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return err
+	}
+	if s.helloChecked != nil {
+		// A lazy handshake that failed explains the failure best.
+		<-s.helloChecked
+		if s.helloErr != nil {
+			return s.helloErr
+		}
 	}
 	select {
 	case <-s.waited:

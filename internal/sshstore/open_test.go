@@ -338,7 +338,8 @@ var badPeers = []badPeer{
 		// An echo: the client's own magic comes back.
 		name: "echo",
 		body: `exec cat`,
-		want: []string{`protocol mismatch from 'localhost', got '\xeb\x9d\x0c9\x00\x00\x00\x00\x07\x02\x00\x00\x00\x00\x00\x00' (the remote program ended: exit status 0)`},
+		// With a lazy handshake the echo goes on with the first request.
+		want: []string{`protocol mismatch from 'localhost', got '\xeb\x9d\x0c9\x00\x00\x00\x00\x07\x02\x00\x00\x00\x00\x00\x00`, `(the remote program ended: exit status 0)`},
 	},
 	{
 		name: "client magic",
@@ -431,8 +432,23 @@ var badPeers = []badPeer{
 
 func TestOpenBadPeers(t *testing.T) {
 	nixtest.Require(t, "sh", "printf", "cat", "sleep")
-	for _, tc := range badPeers {
-		t.Run(tc.name, func(t *testing.T) {
+	for _, lazy := range []bool{false, true} {
+		for _, tc := range badPeers {
+			testBadPeer(t, tc, lazy)
+		}
+	}
+}
+
+// testBadPeer opens the store tc describes; with a lazy handshake Open
+// returns at once and the first call must fail with the error Open would
+// have given.
+func testBadPeer(t *testing.T, tc badPeer, lazy bool) {
+	name := tc.name
+	if lazy {
+		name += "/lazy"
+	}
+	{
+		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			prog, pidFile := "/nonexistent/ferry", ""
 			if tc.body != "" {
@@ -449,8 +465,13 @@ func TestOpenBadPeers(t *testing.T) {
 			log := &syncBuffer{}
 			o := *opts
 			o.Log = log
+			o.LazyHandshake = lazy
 			start := time.Now()
 			st, err := store.Open(context.Background(), uri, &o)
+			if err == nil && lazy {
+				_, err = st.QueryValidPaths(context.Background(), []storepath.Path{"/nix/store/00000000000000000000000000000000-x"})
+				st.Close()
+			}
 			took := time.Since(start)
 			if err == nil {
 				st.Close()

@@ -193,3 +193,32 @@ func TestSSHFerryQueries(t *testing.T) {
 		}
 	}
 }
+
+// TestSSHFerryCopyIncludeOutputs copies a .drv built by real nix-build:
+// without --include-outputs only the derivation's closure goes, with it
+// the outputs go too (as nix copy's and nix-copy-closure's option).
+func TestSSHFerryCopyIncludeOutputs(t *testing.T) {
+	requireSSHInterop(t)
+	ferry := ferryBin(t)
+	env := nixtest.Env(t.TempDir())
+	src := filepath.Join(t.TempDir(), "src")
+	expr := `derivation { name = "incl"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo built > $out" ]; }`
+	drv := strings.TrimSpace(runTool(t, env, "nix-instantiate", "--store", src, "-E", expr))
+	out := strings.TrimSpace(runTool(t, env, "nix-build", "--store", src, "--no-out-link", drv))
+	s := sshtest.Start(t, nil)
+	cenv := append(append([]string{}, env...), s.Env()...)
+	for _, remote := range remotePrograms(ferry) {
+		t.Run(remote.name, func(t *testing.T) {
+			dst := filepath.Join(t.TempDir(), "dst")
+			uri := remoteURI(s, remote.program, dst)
+			runTool(t, cenv, ferry, "copy", "--store", src, "--to", uri, drv)
+			runTool(t, env, "nix-store", "--store", dst, "--check-validity", drv)
+			if _, _, err := tryTool(env, "nix-store", "--store", dst, "--check-validity", out); err == nil {
+				t.Errorf("%s was copied without --include-outputs", out)
+			}
+			runTool(t, cenv, ferry, "copy", "--include-outputs", "--store", src, "--to", uri, drv)
+			runTool(t, env, "nix-store", "--store", dst, "--check-validity", drv, out)
+			verifyStore(t, env, dst)
+		})
+	}
+}

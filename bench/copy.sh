@@ -22,11 +22,11 @@
 # given by one path:
 #
 #   to        nix copy --no-check-sigs --from SRC --to 'ssh://H?remote-program=P&remote-store=DST' PATH
-#             ferry copy --store SRC --to 'ssh://H?remote-program=P&remote-store=DST' PATH
+#             ferry copy --no-check-sigs --store SRC --to 'ssh://H?remote-program=P&remote-store=DST' PATH
 #             into a fresh remote store each time, with P = nix-store for
 #             nix and for ferry, and P = ferry (ferry copy into ferry serve)
 #   from      nix copy --no-check-sigs --from 'ssh://H?remote-program=P&remote-store=SRC' --to LOCAL PATH
-#             ferry copy --store LOCAL --from 'ssh://H?remote-program=P&remote-store=SRC' PATH
+#             ferry copy --no-check-sigs --store LOCAL --from 'ssh://H?remote-program=P&remote-store=SRC' PATH
 #             into a fresh local store each time, the same three pairings
 #   no-op     the N-path closure --to a remote store that already holds it
 #   ssh true  `ssh $NIX_SSHOPTS H true` through the proxy: the ssh set-up
@@ -213,7 +213,7 @@ copy_to() {
 	u=$(uri "$(prog "$tool")" "$dst")
 	case $tool in
 	nix-*) t=$(timed nix copy --no-check-sigs --from "$src" --to "$u" "$path") ;;
-	*) t=$(timed "$ferry" copy --store "$src" --to "$u" "$path") ;;
+	*) t=$(timed "$ferry" copy --no-check-sigs --store "$src" --to "$u" "$path") ;;
 	esac
 	check "$dst" "$path"
 	[[ $path == "$big" ]] && rm -rf "$dst"
@@ -229,7 +229,7 @@ copy_from() {
 	u=$(uri "$(prog "$tool")" "$src")
 	case $tool in
 	nix-*) t=$(timed nix copy --no-check-sigs --from "$u" --to "$dst" "$path") ;;
-	*) t=$(timed "$ferry" copy --store "$dst" --from "$u" "$path") ;;
+	*) t=$(timed "$ferry" copy --no-check-sigs --store "$dst" --from "$u" "$path") ;;
 	esac
 	check "$dst" "$path"
 	[[ $path == "$big" ]] && rm -rf "$dst"

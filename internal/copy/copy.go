@@ -91,22 +91,32 @@ func Copy(ctx context.Context, src, dst store.Store, paths []storepath.Path, opt
 	if err != nil {
 		return nil, fmt.Errorf("compute closure: %w", err)
 	}
-	infos, err := PathInfos(ctx, src, closure)
-	if err != nil {
-		return nil, fmt.Errorf("query source: %w", err)
+	// The source's path infos are read while the destination answers the
+	// locked query over the whole closure, which decides what to send.
+	type infosResult struct {
+		infos map[storepath.Path]*store.PathInfo
+		err   error
 	}
+	got := make(chan infosResult, 1)
+	go func() {
+		infos, err := PathInfos(ctx, src, closure)
+		got <- infosResult{infos, err}
+	}()
+	present, err := ValidLocked(ctx, dst, closure)
+	ir := <-got
+	if ir.err != nil {
+		return nil, fmt.Errorf("query source: %w", ir.err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("query destination: %w", err)
+	}
+	infos := ir.infos
 	for _, p := range closure {
 		if infos[p].NarHash.IsZero() || infos[p].NarSize == 0 {
 			// Servers older than protocol 2.4 send no NAR hash, and a
 			// path cannot be checked on arrival without one.
 			return nil, fmt.Errorf("the source store gives no NAR hash and size for %s (a serve protocol older than 2.4): ferry cannot copy from it", p)
 		}
-	}
-
-	// One locked query over the whole closure decides what to send.
-	present, err := ValidLocked(ctx, dst, closure)
-	if err != nil {
-		return nil, fmt.Errorf("query destination: %w", err)
 	}
 	res.Skipped = len(present)
 	isPresent := set(present)

@@ -23,6 +23,7 @@ import (
 	"context"
 	"database/sql"
 	"embed"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -71,6 +72,11 @@ var statementNames = []string{
 	"query_derivation_outputs",
 	"query_path_from_hash_part",
 	"query_valid_paths",
+	// ferry's own, for bulk queries (QueryClosure, QueryPathInfos).
+	"query_closure",
+	"query_path_infos",
+	"query_references_of",
+	"query_valid_among",
 }
 
 // Options configure Open. The zero value opens an existing database.
@@ -294,53 +300,153 @@ func (t *Tx) IsValid(p storepath.Path) (bool, error) {
 // QueryPathInfo returns the row of p with its references, or an error
 // wrapping store.ErrNotValid.
 func (t *Tx) QueryPathInfo(p storepath.Path) (*store.PathInfo, error) {
-	var (
-		id       int64
-		h        string
-		regTime  int64
-		deriver  sql.NullString
-		narSize  sql.NullInt64
-		ultimate sql.NullInt64
-		sigs, ca sql.NullString
-	)
+	var r infoRow
 	err := t.stmt("query_path_info").QueryRowContext(t.ctx, string(p)).
-		Scan(&id, &h, &regTime, &deriver, &narSize, &ultimate, &sigs, &ca)
+		Scan(&r.id, &r.h, &r.regTime, &r.deriver, &r.narSize, &r.ultimate, &r.sigs, &r.ca)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("path '%s' %w", p, store.ErrNotValid)
 	}
 	if err != nil {
 		return nil, err
 	}
-	info := &store.PathInfo{
-		Path:             p,
-		RegistrationTime: time.Unix(regTime, 0),
-		Ultimate:         ultimate.Valid && ultimate.Int64 != 0,
+	info, err := r.info(p)
+	if err != nil {
+		return nil, err
 	}
-	if info.NarHash, err = hash.ParseAny(h, hash.SHA256); err != nil {
-		return nil, fmt.Errorf("query path info of %s: bad hash column: %w", p, err)
-	}
-	if narSize.Valid && narSize.Int64 > 0 {
-		info.NarSize = uint64(narSize.Int64)
-	}
-	if deriver.Valid && deriver.String != "" {
-		// Nix 2.8 would throw on a bad deriver; an unreadable one is
-		// reported as unknown instead.
-		if dp, err := storepath.Parse(deriver.String); err == nil {
-			info.Deriver = dp
-		}
-	}
-	if sigs.Valid && sigs.String != "" {
-		info.Sigs = strings.Fields(sigs.String)
-	}
-	if ca.Valid && ca.String != "" {
-		if info.CA, err = storepath.ParseContentAddress(ca.String); err != nil {
-			return nil, fmt.Errorf("query path info of %s: bad ca column: %w", p, err)
-		}
-	}
-	if info.References, err = t.queryPaths("query_references", id); err != nil {
+	if info.References, err = t.queryPaths("query_references", r.id); err != nil {
 		return nil, err
 	}
 	return info, nil
+}
+
+// infoRow is one row of ValidPaths as the queries return it.
+type infoRow struct {
+	id       int64
+	h        string
+	regTime  int64
+	deriver  sql.NullString
+	narSize  sql.NullInt64
+	ultimate sql.NullInt64
+	sigs, ca sql.NullString
+}
+
+func (r *infoRow) info(p storepath.Path) (*store.PathInfo, error) {
+	info := &store.PathInfo{
+		Path:             p,
+		RegistrationTime: time.Unix(r.regTime, 0),
+		Ultimate:         r.ultimate.Valid && r.ultimate.Int64 != 0,
+	}
+	var err error
+	if info.NarHash, err = hash.ParseAny(r.h, hash.SHA256); err != nil {
+		return nil, fmt.Errorf("query path info of %s: bad hash column: %w", p, err)
+	}
+	if r.narSize.Valid && r.narSize.Int64 > 0 {
+		info.NarSize = uint64(r.narSize.Int64)
+	}
+	if r.deriver.Valid && r.deriver.String != "" {
+		// Nix 2.8 would throw on a bad deriver; an unreadable one is
+		// reported as unknown instead.
+		if dp, err := storepath.Parse(r.deriver.String); err == nil {
+			info.Deriver = dp
+		}
+	}
+	if r.sigs.Valid && r.sigs.String != "" {
+		info.Sigs = strings.Fields(r.sigs.String)
+	}
+	if r.ca.Valid && r.ca.String != "" {
+		if info.CA, err = storepath.ParseContentAddress(r.ca.String); err != nil {
+			return nil, fmt.Errorf("query path info of %s: bad ca column: %w", p, err)
+		}
+	}
+	return info, nil
+}
+
+// jsonPaths is the JSON array of paths the bulk queries take.
+func jsonPaths(paths []storepath.Path) (string, error) {
+	b, err := json.Marshal(paths)
+	return string(b), err
+}
+
+// QueryPathInfos returns the rows of the valid ones among paths with
+// their references, in two queries whatever their number.
+func (t *Tx) QueryPathInfos(paths []storepath.Path) ([]*store.PathInfo, error) {
+	arg, err := jsonPaths(paths)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := t.stmt("query_path_infos").QueryContext(t.ctx, arg)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	byID := map[int64]*store.PathInfo{}
+	var infos []*store.PathInfo
+	for rows.Next() {
+		var r infoRow
+		var path string
+		if err := rows.Scan(&r.id, &path, &r.h, &r.regTime, &r.deriver, &r.narSize, &r.ultimate, &r.sigs, &r.ca); err != nil {
+			return nil, err
+		}
+		p, err := storepath.Parse(path)
+		if err != nil {
+			return nil, fmt.Errorf("database holds a bad store path: %w", err)
+		}
+		info, err := r.info(p)
+		if err != nil {
+			return nil, err
+		}
+		byID[r.id] = info
+		infos = append(infos, info)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	refs, err := t.stmt("query_references_of").QueryContext(t.ctx, arg)
+	if err != nil {
+		return nil, err
+	}
+	defer refs.Close()
+	for refs.Next() {
+		var id int64
+		var path string
+		if err := refs.Scan(&id, &path); err != nil {
+			return nil, err
+		}
+		p, err := storepath.Parse(path)
+		if err != nil {
+			return nil, fmt.Errorf("database holds a bad store path: %w", err)
+		}
+		if info := byID[id]; info != nil {
+			info.References = append(info.References, p)
+		}
+	}
+	if err := refs.Err(); err != nil {
+		return nil, err
+	}
+	for _, info := range infos {
+		storepath.Sort(info.References)
+	}
+	return infos, nil
+}
+
+// ValidAmong returns the valid ones among paths, in one query, sorted.
+func (t *Tx) ValidAmong(paths []storepath.Path) ([]storepath.Path, error) {
+	arg, err := jsonPaths(paths)
+	if err != nil {
+		return nil, err
+	}
+	return t.queryPaths("query_valid_among", arg)
+}
+
+// QueryClosure returns the closure of paths under references, in one
+// query, sorted. Invalid paths among paths are left out: the caller checks
+// them.
+func (t *Tx) QueryClosure(paths []storepath.Path) ([]storepath.Path, error) {
+	arg, err := jsonPaths(paths)
+	if err != nil {
+		return nil, err
+	}
+	return t.queryPaths("query_closure", arg)
 }
 
 func (t *Tx) queryPaths(stmt string, args ...any) ([]storepath.Path, error) {

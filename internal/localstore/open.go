@@ -6,6 +6,7 @@ import (
 	"io"
 	"sort"
 
+	"ferry/internal/db"
 	"ferry/nix/storepath"
 	"ferry/store"
 )
@@ -57,18 +58,22 @@ func (s *Store) QueryValidPathsLocked(ctx context.Context, paths []storepath.Pat
 	return out, nil
 }
 
-// QueryPathInfos returns the infos of the valid ones among paths.
+// QueryPathInfos returns the infos of the valid ones among paths, in two
+// queries whatever their number.
 func (s *Store) QueryPathInfos(ctx context.Context, paths []storepath.Path) ([]*store.PathInfo, error) {
-	var infos []*store.PathInfo
 	for _, p := range paths {
-		info, err := s.QueryPathInfo(ctx, p)
-		if err != nil {
-			if ok, _ := s.IsValidPath(ctx, p); !ok {
-				continue
-			}
+		if err := s.checkDir(p); err != nil {
 			return nil, err
 		}
-		infos = append(infos, info)
+	}
+	var infos []*store.PathInfo
+	err := s.db.Read(ctx, func(tx *db.Tx) error {
+		var err error
+		infos, err = tx.QueryPathInfos(paths)
+		return err
+	})
+	if err != nil {
+		return nil, err
 	}
 	sort.Slice(infos, func(i, j int) bool { return infos[i].Path < infos[j].Path })
 	return infos, nil

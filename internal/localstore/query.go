@@ -51,31 +51,40 @@ func (s *Store) IsValidPath(ctx context.Context, p storepath.Path) (bool, error)
 
 // QueryValidPaths returns the valid ones of paths, in the order given.
 func (s *Store) QueryValidPaths(ctx context.Context, paths []storepath.Path) ([]storepath.Path, error) {
-	var out []storepath.Path
+	var valid []storepath.Path
 	err := s.db.Read(ctx, func(tx *db.Tx) error {
-		out = out[:0]
-		for _, p := range paths {
-			ok, err := tx.IsValid(p)
-			if err != nil {
-				return err
-			}
-			if ok {
-				out = append(out, p)
-			}
-		}
-		return nil
+		var err error
+		valid, err = tx.ValidAmong(paths)
+		return err
 	})
-	return out, err
+	if err != nil {
+		return nil, err
+	}
+	// In the order given, as the interface promises.
+	in := make(map[storepath.Path]bool, len(valid))
+	for _, p := range valid {
+		in[p] = true
+	}
+	out := make([]storepath.Path, 0, len(valid))
+	for _, p := range paths {
+		if in[p] {
+			out = append(out, p)
+			delete(in, p)
+		}
+	}
+	return out, nil
 }
 
 // rootValid adds a temp root for each of paths and then returns the set of
 // those that are valid: rooted before the query, a valid path stays valid
 // (a GC leaves it alone) for as long as the Store is open.
 func (s *Store) rootValid(ctx context.Context, paths []storepath.Path) (map[storepath.Path]bool, error) {
-	for _, p := range paths {
-		if err := s.temps.Add(ctx, string(p)); err != nil {
-			return nil, err
-		}
+	roots := make([]string, len(paths))
+	for i, p := range paths {
+		roots[i] = string(p)
+	}
+	if err := s.temps.AddMany(ctx, roots); err != nil {
+		return nil, err
 	}
 	valid, err := s.QueryValidPaths(ctx, paths)
 	if err != nil {
@@ -180,6 +189,18 @@ func (s *Store) QueryClosure(ctx context.Context, paths []storepath.Path, includ
 	var out []storepath.Path
 	err := s.db.Read(ctx, func(tx *db.Tx) error {
 		var err error
+		if !includeOutputs {
+			// The walk in one recursive query.
+			for _, p := range paths {
+				if ok, err := tx.IsValid(p); err != nil {
+					return err
+				} else if !ok {
+					return fmt.Errorf("path '%s' %w", p, store.ErrNotValid)
+				}
+			}
+			out, err = tx.QueryClosure(paths)
+			return err
+		}
 		out, err = store.WalkClosure(paths, func(p storepath.Path) ([]storepath.Path, error) {
 			id, ok, err := tx.PathID(p)
 			if err != nil {

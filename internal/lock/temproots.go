@@ -170,6 +170,74 @@ func (t *TempRoots) Add(ctx context.Context, p string) error {
 	}
 }
 
+// AddMany is Add for many paths: while no GC runs (gc.lock can be taken
+// shared) they are written to the file in one write under one lock;
+// while one runs, each is told to it as Add does.
+func (t *TempRoots) AddMany(ctx context.Context, paths []string) error {
+	var buf []byte
+	for _, p := range paths {
+		if strings.ContainsAny(p, "\x00\n") {
+			return fmt.Errorf("add temp root %q: bad path", p)
+		}
+	}
+	t.mu.Lock()
+	if err := t.ensureLocked(ctx); err != nil {
+		t.mu.Unlock()
+		return err
+	}
+	var todo []string
+	seen := map[string]bool{}
+	for _, p := range paths {
+		if !t.added[p] && !seen[p] {
+			seen[p] = true
+			todo = append(todo, p)
+			buf = append(append(buf, p...), 0)
+		}
+	}
+	if len(todo) == 0 {
+		t.mu.Unlock()
+		return nil
+	}
+	if t.gcLock == nil {
+		f, err := OpenLockFile(GCLockPath(t.stateDir))
+		if err != nil {
+			t.mu.Unlock()
+			return fmt.Errorf("add temp root: %w", err)
+		}
+		t.gcLock = f
+	}
+	shared, err := TryFlock(t.gcLock, Shared)
+	if err != nil {
+		t.mu.Unlock()
+		return fmt.Errorf("add temp root: %w", err)
+	}
+	if shared {
+		_, werr := t.f.Write(buf)
+		TryFlock(t.gcLock, Unlock)
+		if werr == nil {
+			if t.added == nil {
+				t.added = map[string]bool{}
+			}
+			for _, p := range todo {
+				t.added[p] = true
+			}
+		}
+		t.mu.Unlock()
+		if werr != nil {
+			return fmt.Errorf("add temp root: %w", werr)
+		}
+		return nil
+	}
+	t.mu.Unlock()
+	// A GC is running: each root goes through its socket.
+	for _, p := range todo {
+		if err := t.Add(ctx, p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // tellGC sends p to the running GC's socket. It returns false (and no
 // error) when the caller should start over: the GC is starting up, or
 // went away.

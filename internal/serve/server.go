@@ -233,14 +233,20 @@ func (ss *session) queryValidPaths() error {
 	if err != nil {
 		return err
 	}
-	if ss.s.opts.Write {
-		for _, p := range q.Paths {
-			if err := ss.s.b.AddTempRoot(ss.ctx, p); err != nil {
-				return err
+	var valid []storepath.Path
+	if l, ok := capability[store.Locker](ss.s.b); ok && ss.s.opts.Write {
+		// Temp roots for all of them, then the query, in one step.
+		valid, err = l.QueryValidPathsLocked(ss.ctx, q.Paths)
+	} else {
+		if ss.s.opts.Write {
+			for _, p := range q.Paths {
+				if err := ss.s.b.AddTempRoot(ss.ctx, p); err != nil {
+					return err
+				}
 			}
 		}
+		valid, err = ss.s.b.QueryValidPaths(ss.ctx, q.Paths)
 	}
-	valid, err := ss.s.b.QueryValidPaths(ss.ctx, q.Paths)
 	if err != nil {
 		return err
 	}

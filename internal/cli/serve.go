@@ -1,6 +1,10 @@
 package cli
 
 import (
+	"os"
+
+	"golang.org/x/sys/unix"
+
 	"context"
 
 	"ferry/internal/localserve"
@@ -61,6 +65,17 @@ func runServe(ctx context.Context, e *Env, write bool) error {
 		autoGC = auto.Check
 		defer auto.Wait() // before the store closes
 	}
+	// A copy arrives through a pipe from sshd; a pipe of 1 MiB rather than
+	// 64 KiB lets sshd go on decrypting while ferry writes (BENCHMARKS.md).
+	growPipe(e.Stdin)
 	// serve.Main buffers both directions itself and flushes after each reply.
 	return serve.Main(ctx, localserve.NewBackend(st, conf, autoGC), e.Stdin, e.Stdout, &serve.Options{Write: write, Log: e.Stderr})
+}
+
+// growPipe raises the buffer of f to 1 MiB (the unprivileged maximum) if f
+// is a pipe; anything else, or a refusal, leaves it as it is.
+func growPipe(f any) {
+	if file, ok := f.(*os.File); ok {
+		unix.FcntlInt(file.Fd(), unix.F_SETPIPE_SZ, 1<<20)
+	}
 }

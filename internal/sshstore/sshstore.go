@@ -20,6 +20,8 @@
 package sshstore
 
 import (
+	"golang.org/x/sys/unix"
+
 	"bytes"
 	"context"
 	"encoding/base64"
@@ -302,25 +304,33 @@ func Open(ctx context.Context, u *store.URI, opts *store.OpenOptions) (*Store, e
 		// process group, for its password and host-key prompts.
 		s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	}
-	s.stdin, err = s.cmd.StdinPipe()
+	stdinR, stdinW, err := os.Pipe()
 	if err != nil {
 		return nil, err
 	}
+	s.stdin = stdinW
+	s.cmd.Stdin = stdinR
 	// Not StdoutPipe: Wait closes that as soon as the process has
 	// exited, losing what a peer printed before exiting (a banner), and
 	// a read blocked on it would wait for every child holding it.
 	stdout, stdoutW, err := os.Pipe()
 	if err != nil {
+		stdinR.Close()
 		s.stdin.Close()
 		return nil, err
 	}
 	s.stdout = stdout
 	s.cmd.Stdout = stdoutW
+	// Pipes of 1 MiB rather than 64 KiB keep ssh and ferry working at the
+	// same time on a big NAR (BENCHMARKS.md, the 256 MiB copy).
+	growPipe(stdinW)
+	growPipe(stdout)
 	if opts.Verbose {
 		fmt.Fprintf(logw, "%s: running %s\n", u.Raw, strings.Join(argv, " "))
 	}
 	err = s.cmd.Start()
 	stdoutW.Close()
+	stdinR.Close()
 	if err != nil {
 		s.stdin.Close()
 		stdout.Close()
@@ -796,6 +806,12 @@ func (l *stderrLog) Quote() string {
 		return ""
 	}
 	return "; the remote said: " + strings.Join(lines, " / ")
+}
+
+// growPipe raises the buffer of the pipe f to 1 MiB (the unprivileged
+// maximum); a refusal leaves it as it is.
+func growPipe(f *os.File) {
+	unix.FcntlInt(f.Fd(), unix.F_SETPIPE_SZ, 1<<20)
 }
 
 // closerFunc makes a function an io.Closer.

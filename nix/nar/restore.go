@@ -103,7 +103,7 @@ func writeFile(f *os.File, nr *Reader, h *Header, buf []byte) error {
 	if h.Size > writebackChunk {
 		w = &writeback{f: f}
 	}
-	err := copyContents(w, nr, h.Size, buf)
+	err := streamContents(w, nr, h.Size, buf)
 	if err == nil && h.Executable {
 		var fi os.FileInfo
 		if fi, err = f.Stat(); err == nil {
@@ -115,6 +115,34 @@ func writeFile(f *os.File, nr *Reader, h *Header, buf []byte) error {
 	}
 	if err != nil {
 		return fmt.Errorf("write %q: %w", h.Path, err)
+	}
+	return nil
+}
+
+// streamContents copies exactly size bytes from r to w, writing what each
+// Read returns at once instead of filling buf first: when r is a pipe fed
+// by a producer as busy as ferry (sshd decrypting a copy), keeping the
+// pipe drained lets the two work at the same time. (copyContents fills the
+// buffer: right for reading regular files.)
+func streamContents(w io.Writer, r io.Reader, size int64, buf []byte) error {
+	for size > 0 {
+		b := buf
+		if int64(len(b)) > size {
+			b = b[:size]
+		}
+		n, err := r.Read(b)
+		if n > 0 {
+			if _, werr := w.Write(b[:n]); werr != nil {
+				return werr
+			}
+			size -= int64(n)
+		}
+		if size > 0 && err == io.EOF {
+			return io.ErrUnexpectedEOF
+		}
+		if err != nil && err != io.EOF {
+			return err
+		}
 	}
 	return nil
 }

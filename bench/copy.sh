@@ -95,41 +95,10 @@ mkdir -p "$HOME" "$NIX_CONF_DIR"
 printf '%s\n' "$NIX_CONFIG" >"$NIX_CONF_DIR/nix.conf" # read by the remote side too
 
 # sshd on a free loopback port, the client key without a forced command.
-sshd=$(command -v sshd || echo /usr/sbin/sshd)
+# shellcheck source=bench/sshd.sh
+source "$root/bench/sshd.sh"
 d="$work/ssh"
-mkdir -p "$d"
-ssh-keygen -q -t ed25519 -N '' -f "$d/host" -C bench
-ssh-keygen -q -t ed25519 -N '' -f "$d/client" -C bench
-cp "$d/client.pub" "$d/authorized_keys"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-port=$(free_port)
-user=$(id -un)
-cat >"$d/sshd_config" <<EOF
-ListenAddress 127.0.0.1
-Port $port
-HostKey $d/host
-AuthorizedKeysFile $d/authorized_keys
-PidFile $d/sshd.pid
-StrictModes no
-UsePAM no
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PubkeyAuthentication yes
-PermitRootLogin prohibit-password
-UseDNS no
-PrintMotd no
-PrintLastLog no
-MaxStartups 100:30:200
-AllowUsers $user
-SetEnv "HOME=$HOME" "NIX_CONF_DIR=$NIX_CONF_DIR"
-EOF
-[[ $(id -u) == 0 ]] && mkdir -p /run/sshd
-"$sshd" -D -e -f "$d/sshd_config" 2>"$d/log" &
-sshd_pid=$!
-for _ in $(seq 100); do
-	python3 -c "import socket; socket.create_connection(('127.0.0.1',$port),1).recv(8)" 2>/dev/null && break
-	sleep 0.1
-done
+start_sshd "$d"
 
 # The latency proxy in front of sshd; it prints its address when ready.
 mkfifo "$work/proxy.fifo"

@@ -61,34 +61,10 @@ printf '%s\n' "$NIX_CONFIG" >"$NIX_CONF_DIR/nix.conf" # read by the remote side 
 
 host=localhost
 if [[ $TRANSPORT == sshd ]]; then
-	sshd=$(command -v sshd || echo /usr/sbin/sshd)
+	# shellcheck source=bench/sshd.sh
+	source "$root/bench/sshd.sh"
 	d="$tmp/ssh"
-	mkdir -p "$d"
-	ssh-keygen -q -t ed25519 -N '' -f "$d/host" -C bench
-	ssh-keygen -q -t ed25519 -N '' -f "$d/client" -C bench
-	cp "$d/client.pub" "$d/authorized_keys"
-	port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-	user=$(id -un)
-	cat >"$d/sshd_config" <<EOF
-ListenAddress 127.0.0.1
-Port $port
-HostKey $d/host
-AuthorizedKeysFile $d/authorized_keys
-PidFile $d/sshd.pid
-StrictModes no
-UsePAM no
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PubkeyAuthentication yes
-PermitRootLogin prohibit-password
-UseDNS no
-PrintMotd no
-AllowUsers $user
-SetEnv "HOME=$HOME" "NIX_CONF_DIR=$NIX_CONF_DIR"
-EOF
-	[[ $(id -u) == 0 ]] && mkdir -p /run/sshd
-	"$sshd" -D -e -f "$d/sshd_config" 2>"$d/log" &
-	sshd_pid=$!
+	start_sshd "$d"
 	echo "[127.0.0.1]:$port $(cut -d' ' -f1,2 "$d/host.pub")" >"$d/known_hosts"
 	export NIX_SSHOPTS="-F none -p $port -i $d/client -o IdentitiesOnly=yes -o UserKnownHostsFile=$d/known_hosts -o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes -o BatchMode=yes -o LogLevel=ERROR"
 	for _ in $(seq 100); do

@@ -6,6 +6,7 @@
 package nixtest
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
@@ -191,4 +192,38 @@ func RemoveFerryBin() {
 	if ferryDir != "" {
 		os.RemoveAll(ferryDir)
 	}
+}
+
+// Fixture returns the fields of each non-comment line of the file
+// testdata/name recorded by scripts/record-fixtures (the section says which
+// part of the script records it), split on single spaces into at most n
+// fields (n < 0: all); `""` stands for the empty string.
+func Fixture(t testing.TB, section, name string, n int) [][]string {
+	t.Helper()
+	f, err := os.Open(filepath.Join("testdata", name))
+	if err != nil {
+		t.Fatalf("fixture missing (run scripts/record-fixtures %s): %v", section, err)
+	}
+	defer f.Close()
+	var lines [][]string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if sc.Text() == "" || strings.HasPrefix(sc.Text(), "#") {
+			continue
+		}
+		fields := strings.SplitN(sc.Text(), " ", n)
+		for i, s := range fields {
+			if s == `""` {
+				fields[i] = ""
+			}
+		}
+		lines = append(lines, fields)
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if len(lines) == 0 {
+		t.Fatalf("testdata/%s is empty", name)
+	}
+	return lines
 }

@@ -1,46 +1,18 @@
 package hash
 
 import (
-	"bufio"
+	"ferry/internal/nixtest"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 )
 
 // The fixtures under testdata were recorded from Nix 2.8 by
 // scripts/record-fixtures; see that script for the commands.
 
-// readFixture returns the fields of each non-comment line of a testdata
-// file, split on single spaces ("" stands for the empty string).
+// readFixture reads a fixture of this package (nixtest.Fixture).
 func readFixture(t *testing.T, name string) [][]string {
-	t.Helper()
-	f, err := os.Open(filepath.Join("testdata", name))
-	if err != nil {
-		t.Fatalf("fixture missing (run scripts/record-fixtures hash): %v", err)
-	}
-	defer f.Close()
-	var lines [][]string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if sc.Text() == "" || strings.HasPrefix(sc.Text(), "#") {
-			continue
-		}
-		fields := strings.Split(sc.Text(), " ")
-		for i, s := range fields {
-			if s == `""` {
-				fields[i] = ""
-			}
-		}
-		lines = append(lines, fields)
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatal(err)
-	}
-	if len(lines) == 0 {
-		t.Fatalf("testdata/%s is empty", name)
-	}
-	return lines
+	return nixtest.Fixture(t, "hash", name, -1)
 }
 
 // TestNixHashFile compares every encoding of every algorithm with what

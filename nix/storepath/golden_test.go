@@ -1,8 +1,8 @@
 package storepath_test
 
 import (
-	"bufio"
 	"encoding/json"
+	"ferry/internal/nixtest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,36 +16,9 @@ import (
 // The fixtures under testdata were recorded from Nix 2.8 by
 // scripts/record-fixtures; see that script for the commands.
 
-// fixtureLines returns the fields of each non-comment line of a testdata
-// file, split on single spaces ("" stands for the empty string).
+// fixtureLines reads a fixture of this package (nixtest.Fixture).
 func fixtureLines(t *testing.T, name string) [][]string {
-	t.Helper()
-	f, err := os.Open(filepath.Join("testdata", name))
-	if err != nil {
-		t.Fatalf("fixture missing (run scripts/record-fixtures storepath): %v", err)
-	}
-	defer f.Close()
-	var lines [][]string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if sc.Text() == "" || strings.HasPrefix(sc.Text(), "#") {
-			continue
-		}
-		fields := strings.SplitN(sc.Text(), " ", 4)
-		for i, s := range fields {
-			if s == `""` {
-				fields[i] = ""
-			}
-		}
-		lines = append(lines, fields)
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatal(err)
-	}
-	if len(lines) == 0 {
-		t.Fatalf("testdata/%s is empty", name)
-	}
-	return lines
+	return nixtest.Fixture(t, "storepath", name, 4)
 }
 
 // pathInfo is the part of `nix path-info --json` the recorder keeps.

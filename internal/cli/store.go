@@ -177,31 +177,49 @@ func cmdPathInfo(ctx context.Context, e *Env, args []string) error {
 				return err
 			}
 		}
+		// The infos in one request where the store can (one round trip over
+		// ssh), and with --closure-size, those of the whole closure.
+		want := paths
+		if *closureSize {
+			if want, err = storecopy.Closure(ctx, st, validOnly(ctx, st, paths), false); err != nil {
+				return err
+			}
+			want = append(want, paths...)
+		}
+		known, err := knownInfos(ctx, st, want)
+		if err != nil {
+			return err
+		}
 		w := bufio.NewWriter(e.Stdout)
 		defer w.Flush()
 		var out []pathInfoJSON
 		for _, p := range paths {
-			info, err := st.QueryPathInfo(ctx, p)
-			if errors.Is(err, store.ErrNotValid) && *asJSON {
-				f := false
-				out = append(out, pathInfoJSON{Path: string(p), Valid: &f})
-				continue
-			}
-			if err != nil {
+			info := known[p]
+			if info == nil {
+				_, err := st.QueryPathInfo(ctx, p) // the store's own error
+				if err == nil {
+					err = fmt.Errorf("path '%s' %w", p, store.ErrNotValid)
+				}
+				if errors.Is(err, store.ErrNotValid) && *asJSON {
+					f := false
+					out = append(out, pathInfoJSON{Path: string(p), Valid: &f})
+					continue
+				}
 				return err
 			}
 			var csize uint64
 			if *closureSize {
-				cl, err := storecopy.Closure(ctx, st, []storepath.Path{p}, false)
+				cl, err := store.WalkClosure([]storepath.Path{p}, func(q storepath.Path) ([]storepath.Path, error) {
+					if known[q] == nil {
+						return nil, fmt.Errorf("path '%s' %w", q, store.ErrNotValid)
+					}
+					return known[q].References, nil
+				})
 				if err != nil {
 					return err
 				}
 				for _, c := range cl {
-					ci, err := st.QueryPathInfo(ctx, c)
-					if err != nil {
-						return err
-					}
-					csize += ci.NarSize
+					csize += known[c].NarSize
 				}
 			}
 			if *asJSON {
@@ -248,6 +266,39 @@ func cmdPathInfo(ctx context.Context, e *Env, args []string) error {
 		}
 		return nil
 	})
+}
+
+// knownInfos returns the infos of the valid ones among paths, in one
+// request where the store can (store.PathInfoQuerier).
+func knownInfos(ctx context.Context, st store.Store, paths []storepath.Path) (map[storepath.Path]*store.PathInfo, error) {
+	m := make(map[storepath.Path]*store.PathInfo, len(paths))
+	if q, ok := st.(store.PathInfoQuerier); ok {
+		infos, err := q.QueryPathInfos(ctx, paths)
+		if err != nil {
+			return nil, err
+		}
+		for _, info := range infos {
+			m[info.Path] = info
+		}
+		return m, nil
+	}
+	for _, p := range paths {
+		info, err := st.QueryPathInfo(ctx, p)
+		if errors.Is(err, store.ErrNotValid) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		m[p] = info
+	}
+	return m, nil
+}
+
+// validOnly returns the valid ones among paths (an error counts as none).
+func validOnly(ctx context.Context, st store.Store, paths []storepath.Path) []storepath.Path {
+	valid, _ := st.QueryValidPaths(ctx, paths)
+	return valid
 }
 
 func cmdQuery(ctx context.Context, e *Env, args []string) error {

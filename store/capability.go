@@ -47,6 +47,15 @@ type PathInfoQuerier interface {
 // store the contents of the paths it adds in bulk.
 type NarSource func(ctx context.Context, info *PathInfo, w io.Writer) error
 
+// Open runs src for info in a goroutine and returns the reading end of the
+// NAR it writes; src's error reaches the reader. The caller closes it,
+// which stops src if it has not finished.
+func (src NarSource) Open(ctx context.Context, info *PathInfo) *io.PipeReader {
+	pr, pw := io.Pipe()
+	go func() { pw.CloseWithError(src(ctx, info, pw)) }()
+	return pr
+}
+
 // ReaderSource is the NarSource of one path whose NAR is read from r.
 func ReaderSource(r io.Reader) NarSource {
 	return func(_ context.Context, _ *PathInfo, w io.Writer) error {
@@ -88,6 +97,13 @@ type Batcher interface {
 	NewBatch() Batch
 }
 
+// BatchAsyncPaths and BatchAsyncBytes are how much a copy stages in a
+// Batch before it starts committing in the background (CommitAsync).
+const (
+	BatchAsyncPaths = 256
+	BatchAsyncBytes = 64 << 20
+)
+
 // Batch stages paths added from their NARs until Commit makes them all
 // valid; Discard drops them. Add has AddToStoreNar's checks, with paths
 // staged earlier counting as valid references. A Batch is used by one
@@ -101,6 +117,23 @@ type Batch interface {
 	Discard()
 	Len() int
 	Bytes() uint64
+}
+
+// InOrder returns the members of set in the order of paths, each once:
+// how QueryValidPaths returns what a store reported as a set.
+func InOrder(paths, set []storepath.Path) []storepath.Path {
+	in := make(map[storepath.Path]bool, len(set))
+	for _, p := range set {
+		in[p] = true
+	}
+	out := make([]storepath.Path, 0, len(set))
+	for _, p := range paths {
+		if in[p] {
+			out = append(out, p)
+			delete(in, p)
+		}
+	}
+	return out
 }
 
 // DerivedPath is one element of a BuildPaths request: an opaque store

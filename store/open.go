@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/url"
@@ -137,7 +138,7 @@ func Schemes() []string {
 
 // ErrUnsupported is returned (wrapped) when a store cannot do what was
 // asked of it, e.g. garbage-collect a remote store.
-var ErrUnsupported = fmt.Errorf("not supported by this store")
+var ErrUnsupported = errors.New("not supported by this store")
 
 // Unsupported returns an error saying that the store named uri cannot do
 // what; it wraps ErrUnsupported.

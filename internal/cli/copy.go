@@ -73,10 +73,10 @@ func runCopy(ctx context.Context, e *Env, f *copyFlags, args []string) error {
 	}
 	fromURI, toURI := f.from, f.to
 	if fromURI == "" {
-		fromURI = storeFlag(e)
+		fromURI = e.Store
 	}
 	if toURI == "" {
-		toURI = storeFlag(e)
+		toURI = e.Store
 	}
 	// On a terminal the stores' messages go through the progress display,
 	// so they stand above the bar instead of on it.
@@ -143,14 +143,6 @@ func displayURI(uri string) string {
 		return "the default store"
 	}
 	return uri
-}
-
-// signatureCheck returns the check a copy into dst must make of each path:
-// a local destination with require-sigs wants a valid signature from a
-// trusted key on every path that is not content-addressed, as Nix 2.8's
-// LocalStore::addToStore does.
-func signatureCheck(dst store.Store, conf *settings.Settings, noCheck bool) (func(*store.PathInfo) error, error) {
-	return localSignatureCheck(dst, conf, noCheck)
 }
 
 // isTerminal reports whether w is a terminal.

@@ -23,7 +23,7 @@ func init() {
 // (localstore.Select): DIR/nix/store for a chroot store, /nix/store for
 // the machine's. It is "" for a store that is not local.
 func physicalStoreDir(e *Env) string {
-	root, _ := localstore.Select(storeFlag(e))
+	root, _ := localstore.Select(e.Store)
 	if root == "" {
 		return ""
 	}

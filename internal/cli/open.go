@@ -12,10 +12,6 @@ import (
 	_ "ferry/internal/sshstore"
 )
 
-// storeFlag is the store the command works on: --store, else FERRY_STORE
-// and the defaults (localstore.Select handles "" as "auto").
-func storeFlag(e *Env) string { return e.Store }
-
 // openStore opens the store uri names, whatever kind it is, through
 // store.Open: the one place that resolves a store URI. lazy lets a remote
 // store's first request share the handshake's round trip
@@ -36,14 +32,14 @@ func openStore(ctx context.Context, e *Env, conf *settings.Settings, uri string,
 // verifying, adding files) needs the store's own disk. Its db/reserved
 // file gets conf's gc-reserved-space.
 func openConfiguredStore(ctx context.Context, e *Env, conf *settings.Settings) (*localstore.Store, error) {
-	st, err := openStore(ctx, e, conf, storeFlag(e), true)
+	st, err := openStore(ctx, e, conf, e.Store, true)
 	if err != nil {
 		return nil, err
 	}
 	local, ok := st.(*localstore.Store)
 	if !ok {
 		st.Close()
-		return nil, store.Unsupported(storeFlag(e), "do this: it needs a local store")
+		return nil, store.Unsupported(e.Store, "do this: it needs a local store")
 	}
 	return local, nil
 }
@@ -73,7 +69,7 @@ func withAnyStore(ctx context.Context, e *Env, f func(store.Store) error) error 
 	if err != nil {
 		return err
 	}
-	st, err := openStore(ctx, e, conf, storeFlag(e), true)
+	st, err := openStore(ctx, e, conf, e.Store, true)
 	if err != nil {
 		return err
 	}

@@ -9,12 +9,12 @@ import (
 	"ferry/store"
 )
 
-// localSignatureCheck is signatureCheck: a path copied into a local store
-// with require-sigs set (Nix's default) must be content-addressed or carry
+// signatureCheck returns the check a copy into dst must make of each path:
+// a path copied into a local store with require-sigs set (Nix's default) must be content-addressed or carry
 // a valid signature by one of the trusted-public-keys, as Nix 2.8's
 // LocalStore::addToStore requires (src/libstore/local-store.cc,
 // pathInfoIsUntrusted). Its message is Nix's.
-func localSignatureCheck(dst store.Store, conf *settings.Settings, noCheck bool) (func(*store.PathInfo) error, error) {
+func signatureCheck(dst store.Store, conf *settings.Settings, noCheck bool) (func(*store.PathInfo) error, error) {
 	if _, local := dst.(*localstore.Store); !local || noCheck || !conf.RequireSigs {
 		return nil, nil
 	}

@@ -186,7 +186,7 @@ func cmdPathInfo(ctx context.Context, e *Env, args []string) error {
 			}
 			want = append(want, paths...)
 		}
-		known, err := knownInfos(ctx, st, want)
+		known, err := storecopy.ValidInfos(ctx, st, want)
 		if err != nil {
 			return err
 		}
@@ -266,33 +266,6 @@ func cmdPathInfo(ctx context.Context, e *Env, args []string) error {
 		}
 		return nil
 	})
-}
-
-// knownInfos returns the infos of the valid ones among paths, in one
-// request where the store can (store.PathInfoQuerier).
-func knownInfos(ctx context.Context, st store.Store, paths []storepath.Path) (map[storepath.Path]*store.PathInfo, error) {
-	m := make(map[storepath.Path]*store.PathInfo, len(paths))
-	if q, ok := st.(store.PathInfoQuerier); ok {
-		infos, err := q.QueryPathInfos(ctx, paths)
-		if err != nil {
-			return nil, err
-		}
-		for _, info := range infos {
-			m[info.Path] = info
-		}
-		return m, nil
-	}
-	for _, p := range paths {
-		info, err := st.QueryPathInfo(ctx, p)
-		if errors.Is(err, store.ErrNotValid) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		m[p] = info
-	}
-	return m, nil
 }
 
 // validOnly returns the valid ones among paths (an error counts as none).
@@ -379,7 +352,7 @@ func cmdQuery(ctx context.Context, e *Env, args []string) error {
 			} else {
 				local, ok := st.(*localstore.Store)
 				if !ok {
-					return store.Unsupported(storeFlag(e), "list referrers: the serve protocol has no query for them")
+					return store.Unsupported(e.Store, "list referrers: the serve protocol has no query for them")
 				}
 				rs, err = local.QueryReferrers(ctx, p)
 			}

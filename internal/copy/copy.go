@@ -193,6 +193,21 @@ func Closure(ctx context.Context, st store.Store, paths []storepath.Path, includ
 
 // PathInfos returns the infos of paths, all of which must be valid.
 func PathInfos(ctx context.Context, st store.Store, paths []storepath.Path) (map[storepath.Path]*store.PathInfo, error) {
+	out, err := ValidInfos(ctx, st, paths)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range paths {
+		if out[p] == nil {
+			return nil, fmt.Errorf("path '%s' %w", p, store.ErrNotValid)
+		}
+	}
+	return out, nil
+}
+
+// ValidInfos returns the infos of the valid ones among paths, in one
+// request where st can (store.PathInfoQuerier).
+func ValidInfos(ctx context.Context, st store.Store, paths []storepath.Path) (map[storepath.Path]*store.PathInfo, error) {
 	out := make(map[storepath.Path]*store.PathInfo, len(paths))
 	if q, ok := st.(store.PathInfoQuerier); ok {
 		infos, err := q.QueryPathInfos(ctx, paths)
@@ -202,19 +217,17 @@ func PathInfos(ctx context.Context, st store.Store, paths []storepath.Path) (map
 		for _, info := range infos {
 			out[info.Path] = info
 		}
-	} else {
-		for _, p := range paths {
-			info, err := st.QueryPathInfo(ctx, p)
-			if err != nil {
-				return nil, err
-			}
-			out[p] = info
-		}
+		return out, nil
 	}
 	for _, p := range paths {
-		if out[p] == nil {
-			return nil, fmt.Errorf("path '%s' %w", p, store.ErrNotValid)
+		info, err := st.QueryPathInfo(ctx, p)
+		if errors.Is(err, store.ErrNotValid) {
+			continue
 		}
+		if err != nil {
+			return nil, err
+		}
+		out[p] = info
 	}
 	return out, nil
 }
@@ -225,8 +238,7 @@ func AddAll(ctx context.Context, st store.Store, infos []*store.PathInfo, nars s
 		return m.AddToStoreNars(ctx, infos, nars, added)
 	}
 	for _, info := range infos {
-		pr, pw := io.Pipe()
-		go func() { pw.CloseWithError(nars(ctx, info, pw)) }()
+		pr := nars.Open(ctx, info)
 		err := st.AddToStoreNar(ctx, info, pr)
 		pr.CloseWithError(errors.New("add stopped"))
 		if err != nil {

@@ -42,22 +42,6 @@ var (
 	_ store.Batcher         = (*Store)(nil)
 )
 
-// QueryValidPathsLocked temp-roots paths, then reports which are valid: a
-// path reported valid stays valid for as long as the Store is open.
-func (s *Store) QueryValidPathsLocked(ctx context.Context, paths []storepath.Path) ([]storepath.Path, error) {
-	set, err := s.rootValid(ctx, paths)
-	if err != nil {
-		return nil, err
-	}
-	var out []storepath.Path
-	for _, p := range paths {
-		if set[p] {
-			out = append(out, p)
-		}
-	}
-	return out, nil
-}
-
 // QueryPathInfos returns the infos of the valid ones among paths, in two
 // queries whatever their number.
 func (s *Store) QueryPathInfos(ctx context.Context, paths []storepath.Path) ([]*store.PathInfo, error) {
@@ -93,7 +77,7 @@ func (s *Store) AddToStoreNars(ctx context.Context, infos []*store.PathInfo, nar
 			break
 		}
 		staged = append(staged, info)
-		if b.Len() >= 256 || b.Bytes() >= 64<<20 {
+		if b.Len() >= store.BatchAsyncPaths || b.Bytes() >= store.BatchAsyncBytes {
 			b.CommitAsync(ctx)
 		}
 	}
@@ -113,8 +97,7 @@ func (s *Store) AddToStoreNars(ctx context.Context, infos []*store.PathInfo, nar
 
 // addOne streams one path's NAR from nars into b.
 func addOne(ctx context.Context, b store.Batch, info *store.PathInfo, nars store.NarSource) error {
-	pr, pw := io.Pipe()
-	go func() { pw.CloseWithError(nars(ctx, info, pw)) }()
+	pr := nars.Open(ctx, info)
 	err := b.Add(ctx, info, pr)
 	if err == nil {
 		// The NAR must end where the batch stopped reading.

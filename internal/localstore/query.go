@@ -61,24 +61,13 @@ func (s *Store) QueryValidPaths(ctx context.Context, paths []storepath.Path) ([]
 		return nil, err
 	}
 	// In the order given, as the interface promises.
-	in := make(map[storepath.Path]bool, len(valid))
-	for _, p := range valid {
-		in[p] = true
-	}
-	out := make([]storepath.Path, 0, len(valid))
-	for _, p := range paths {
-		if in[p] {
-			out = append(out, p)
-			delete(in, p)
-		}
-	}
-	return out, nil
+	return store.InOrder(paths, valid), nil
 }
 
-// rootValid adds a temp root for each of paths and then returns the set of
-// those that are valid: rooted before the query, a valid path stays valid
-// (a GC leaves it alone) for as long as the Store is open.
-func (s *Store) rootValid(ctx context.Context, paths []storepath.Path) (map[storepath.Path]bool, error) {
+// QueryValidPathsLocked temp-roots paths, then reports which are valid (in
+// the order given): rooted before the query, a path reported valid stays
+// valid (a GC leaves it alone) for as long as the Store is open.
+func (s *Store) QueryValidPathsLocked(ctx context.Context, paths []storepath.Path) ([]storepath.Path, error) {
 	roots := make([]string, len(paths))
 	for i, p := range paths {
 		roots[i] = string(p)
@@ -86,7 +75,12 @@ func (s *Store) rootValid(ctx context.Context, paths []storepath.Path) (map[stor
 	if err := s.temps.AddMany(ctx, roots); err != nil {
 		return nil, err
 	}
-	valid, err := s.QueryValidPaths(ctx, paths)
+	return s.QueryValidPaths(ctx, paths)
+}
+
+// rootValid is QueryValidPathsLocked as a set.
+func (s *Store) rootValid(ctx context.Context, paths []storepath.Path) (map[storepath.Path]bool, error) {
+	valid, err := s.QueryValidPathsLocked(ctx, paths)
 	if err != nil {
 		return nil, err
 	}

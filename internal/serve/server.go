@@ -608,8 +608,8 @@ func (ss *session) addToStoreNar() error {
 // AsyncPaths and AsyncBytes are how much of a copy is staged before it is
 // committed in the background (addToStoreNar).
 const (
-	AsyncPaths = 256
-	AsyncBytes = 64 << 20
+	AsyncPaths = store.BatchAsyncPaths
+	AsyncBytes = store.BatchAsyncBytes
 )
 
 // expect records the paths of a QueryValidPaths reply that a copy will

@@ -601,14 +601,14 @@ func (s *Store) QueryPathInfos(ctx context.Context, paths []storepath.Path) ([]*
 // QueryValidPaths reports which of paths are valid, without locking them.
 func (s *Store) QueryValidPaths(ctx context.Context, paths []storepath.Path) ([]storepath.Path, error) {
 	valid, err := s.client.QueryValidPaths(ctx, paths, false, false)
-	return inOrder(paths, valid), s.fail(err)
+	return store.InOrder(paths, valid), s.fail(err)
 }
 
 // QueryValidPathsLocked reports which of paths are valid and has the
 // remote temp-root them for the rest of the session (lock=1).
 func (s *Store) QueryValidPathsLocked(ctx context.Context, paths []storepath.Path) ([]storepath.Path, error) {
 	valid, err := s.client.QueryValidPaths(ctx, paths, true, false)
-	return inOrder(paths, valid), s.fail(err)
+	return store.InOrder(paths, valid), s.fail(err)
 }
 
 // AddTempRoot has the remote temp-root p for the rest of the session.
@@ -651,22 +651,6 @@ func (s *Store) AddToStoreNars(ctx context.Context, infos []*store.PathInfo, nar
 	return s.fail(s.client.ImportPaths(ctx, infos, nars, added))
 }
 
-// inOrder returns the members of set in the order of paths.
-func inOrder(paths, set []storepath.Path) []storepath.Path {
-	in := make(map[storepath.Path]bool, len(set))
-	for _, p := range set {
-		in[p] = true
-	}
-	var out []storepath.Path
-	for _, p := range paths {
-		if in[p] {
-			out = append(out, p)
-			delete(in, p)
-		}
-	}
-	return out
-}
-
 // headRecorder passes reads through and keeps the first max bytes, to
 // quote a peer that is not speaking the protocol.
 type headRecorder struct {
@@ -691,13 +675,6 @@ func (h *headRecorder) stop() {
 	h.mu.Lock()
 	h.stopped, h.buf = true, nil
 	h.mu.Unlock()
-}
-
-// String returns what was read.
-func (h *headRecorder) String() string {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return string(h.buf)
 }
 
 // magic2 is serve.Magic2 as it is on the wire.

@@ -1,19 +1,19 @@
 package cli
 
 import (
+	"context"
 	"os"
 
 	"golang.org/x/sys/unix"
 
-	"context"
-
 	"ferry/internal/localserve"
+	"ferry/internal/localstore"
 	"ferry/internal/serve"
 	"ferry/internal/settings"
 )
 
 func init() {
-	register(&command{name: "serve", args: "[--write]", summary: "speak the nix-store --serve protocol on standard input and output (one session)", run: cmdServe})
+	register(&command{name: "serve", args: "[--write]", summary: "speak the nix-store --serve protocol on standard input and output (one session); with --store ssh://..., relay to that store", run: cmdServe})
 }
 
 func cmdServe(ctx context.Context, e *Env, args []string) error {
@@ -49,27 +49,37 @@ func runNixServeArgv(ctx context.Context, e *Env, args []string) error {
 
 // runServe runs one protocol session on the selected store. The store is
 // opened for this session only: closing it when the session ends, however
-// it ends, releases every temp root the session took.
+// it ends, releases every temp root the session took. A store that is not
+// local (ssh://...) is relayed: the session is served from it, as
+// `nix-store --serve --store ssh://...` does, with the far end's temp roots
+// (serve.NewRelayBackend).
 func runServe(ctx context.Context, e *Env, write bool) error {
 	conf, err := settings.Load(nil)
 	if err != nil {
 		return err
 	}
-	st, err := openConfiguredStore(ctx, e, conf)
+	// A remote store's handshake shares its first request's round trip,
+	// as Nix's relay connects only when the first command needs it.
+	st, err := openStore(ctx, e, conf, e.Store, true)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
-	var autoGC func(context.Context)
-	if auto := autoCollector(e, st, conf); auto != nil {
-		autoGC = auto.Check
-		defer auto.Wait() // before the store closes
-	}
 	// A copy arrives through a pipe from sshd; a pipe of 1 MiB rather than
 	// 64 KiB lets sshd go on decrypting while ferry writes (BENCHMARKS.md).
 	growPipe(e.Stdin)
-	// serve.Main buffers both directions itself and flushes after each reply.
-	return serve.Main(ctx, localserve.NewBackend(st, conf, autoGC), e.Stdin, e.Stdout, &serve.Options{Write: write, Log: e.Stderr})
+	opts := &serve.Options{Write: write, Log: e.Stderr}
+	local, ok := st.(*localstore.Store)
+	if !ok {
+		// serve.Main buffers both directions itself and flushes after each reply.
+		return serve.Main(ctx, serve.NewRelayBackend(st, e.Store), e.Stdin, e.Stdout, opts)
+	}
+	var autoGC func(context.Context)
+	if auto := autoCollector(e, local, conf); auto != nil {
+		autoGC = auto.Check
+		defer auto.Wait() // before the store closes
+	}
+	return serve.Main(ctx, localserve.NewBackend(local, conf, autoGC), e.Stdin, e.Stdout, opts)
 }
 
 // growPipe raises the buffer of f to 1 MiB (the unprivileged maximum) if f

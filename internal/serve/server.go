@@ -263,6 +263,27 @@ func (ss *session) queryPathInfos() error {
 	if err != nil {
 		return err
 	}
+	if q, ok := capability[store.PathInfoQuerier](ss.s.b); ok {
+		// All in one step (one request to a relayed store), written in
+		// the order asked for.
+		infos, err := q.QueryPathInfos(ss.ctx, paths)
+		if err != nil {
+			return err
+		}
+		byPath := make(map[storepath.Path]*store.PathInfo, len(infos))
+		for _, info := range infos {
+			byPath[info.Path] = info
+		}
+		for _, p := range paths {
+			if info := byPath[p]; info != nil {
+				if err := WritePathInfo(ss.w, ss.clientVersion, info); err != nil {
+					return err
+				}
+				delete(byPath, p)
+			}
+		}
+		return ss.w.WriteString("")
+	}
 	for _, p := range paths {
 		info, err := ss.s.b.QueryPathInfo(ss.ctx, p)
 		if errors.Is(err, store.ErrNotValid) {

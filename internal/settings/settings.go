@@ -19,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -112,6 +113,14 @@ type Settings struct {
 	// "name:base64", to sign locally built paths with; their public
 	// halves are trusted too. Default none.
 	SecretKeyFiles []string
+
+	// PostBuildHook is post-build-hook: a program run after each
+	// successful build (internal/build's hook.go), "" for none. Nix 2.8
+	// declares it a plain string setting (src/libstore/globals.hh), so
+	// the value is kept as written: an absolute path is run directly, a
+	// name without a slash is looked up on PATH (Nix runs it with
+	// execvp). Default "".
+	PostBuildHook string
 }
 
 // DefaultTrustedPublicKey is the default of trusted-public-keys in Nix
@@ -373,6 +382,12 @@ func (s *Settings) Set(name, value string) error {
 		list(&s.TrustedPublicKeys)
 	case "secret-key-files":
 		list(&s.SecretKeyFiles)
+	case "post-build-hook":
+		// Not a list: "extra-post-build-hook" is ignored as unknown, as
+		// Nix 2.8's Config::set does.
+		if !extra {
+			s.PostBuildHook = value
+		}
 	}
 	return err
 }
@@ -514,4 +529,60 @@ func (s *Settings) CanBuild(platform, builder string, features []string) bool {
 		}
 	}
 	return true
+}
+
+// KeyValue renders the settings as nix.conf text, one "name = value" line
+// per setting, sorted by name: the NIX_CONFIG a post-build hook gets when
+// the environment has none, as Nix 2.8 passes globalConfig.toKeyValue()
+// (src/libstore/build/derivation-goal.cc, runPostBuildHook), so that a
+// Nix or ferry run by the hook sees the same settings, command-line
+// overrides included. Only the settings ferry knows are rendered (Nix
+// lists all of its own); build-dir, which Nix 2.8 does not know, only when
+// set. Set-valued settings (sandbox-paths, system-features,
+// extra-platforms) are sorted, as Nix's std::set prints them. Parse reads
+// the text back to the same settings.
+func (s *Settings) KeyValue() string {
+	sorted := func(v []string) string {
+		c := append([]string(nil), v...)
+		sort.Strings(c)
+		return strings.Join(c, " ")
+	}
+	secs := func(d time.Duration) string { return strconv.FormatInt(int64(d/time.Second), 10) }
+	kv := map[string]string{
+		"sandbox":                 s.Sandbox,
+		"sandbox-fallback":        strconv.FormatBool(s.SandboxFallback),
+		"sandbox-paths":           sorted(s.SandboxPaths),
+		"cores":                   strconv.Itoa(s.Cores),
+		"max-jobs":                strconv.Itoa(s.MaxJobs),
+		"max-silent-time":         secs(s.MaxSilentTime),
+		"timeout":                 secs(s.Timeout),
+		"max-log-size":            strconv.FormatUint(s.MaxLogSize, 10),
+		"keep-failed":             strconv.FormatBool(s.KeepFailed),
+		"system":                  s.System,
+		"extra-platforms":         sorted(s.ExtraPlatforms),
+		"system-features":         sorted(s.SystemFeatures),
+		"gc-reserved-space":       strconv.FormatInt(s.ReservedSize, 10),
+		"min-free":                strconv.FormatUint(s.MinFree, 10),
+		"max-free":                strconv.FormatUint(s.MaxFree, 10),
+		"min-free-check-interval": secs(s.MinFreeCheckInterval),
+		"keep-outputs":            strconv.FormatBool(s.KeepOutputs),
+		"keep-derivations":        strconv.FormatBool(s.KeepDerivations),
+		"require-sigs":            strconv.FormatBool(s.RequireSigs),
+		"trusted-public-keys":     strings.Join(s.TrustedPublicKeys, " "),
+		"secret-key-files":        strings.Join(s.SecretKeyFiles, " "),
+		"post-build-hook":         s.PostBuildHook,
+	}
+	if s.BuildDir != "" {
+		kv["build-dir"] = s.BuildDir
+	}
+	names := make([]string, 0, len(kv))
+	for k := range kv {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	var b strings.Builder
+	for _, k := range names {
+		fmt.Fprintf(&b, "%s = %s\n", k, kv[k])
+	}
+	return b.String()
 }

@@ -6,10 +6,14 @@ import (
 	"fmt"
 	"io"
 	"net/url"
+	"os"
+	"path"
 	"sort"
 	"strings"
 	"sync"
 	"time"
+
+	"ferry/nix/storepath"
 )
 
 // URI is a parsed store URI, as Nix's --store, --to, --from and
@@ -26,8 +30,11 @@ type URI struct {
 	// everything before "?").
 	Authority string
 	Path      string
-	// Params are the query parameters ("?a=b&c=d").
-	Params url.Values
+	// Params are the query parameters ("?a=b&c=d"), decoded as Nix's
+	// decodeQuery does (src/libutil/url.cc@2.8.0): split at "&", each at
+	// its first "=", the value percent-decoded ("+" stays "+"), an item
+	// without "=" ignored, and the first of repeated keys kept.
+	Params map[string]string
 }
 
 // String returns the URI as given.
@@ -35,14 +42,22 @@ func (u *URI) String() string { return u.Raw }
 
 // ParseURI splits a store URI. It does not check that the scheme is known.
 func ParseURI(raw string) (*URI, error) {
-	u := &URI{Raw: raw, Params: url.Values{}}
+	u := &URI{Raw: raw, Params: map[string]string{}}
 	rest, query, hasQuery := strings.Cut(raw, "?")
 	if hasQuery {
-		vs, err := url.ParseQuery(query)
-		if err != nil {
-			return nil, fmt.Errorf("parse store URI %q: %w", raw, err)
+		for _, item := range strings.Split(query, "&") {
+			k, v, ok := strings.Cut(item, "=")
+			if !ok {
+				continue
+			}
+			dv, err := url.PathUnescape(v)
+			if err != nil {
+				return nil, fmt.Errorf("parse store URI %q: invalid URI parameter '%s'", raw, v)
+			}
+			if _, dup := u.Params[k]; !dup {
+				u.Params[k] = dv
+			}
 		}
-		u.Params = vs
 	}
 	scheme, after, ok := strings.Cut(rest, "://")
 	if !ok {
@@ -144,4 +159,43 @@ var ErrUnsupported = errors.New("not supported by this store")
 // what; it wraps ErrUnsupported.
 func Unsupported(uri, what string) error {
 	return fmt.Errorf("store %q cannot %s: %w", uri, what, ErrUnsupported)
+}
+
+// EnvDir is the logical store directory a store takes when its URI sets
+// none: $NIX_STORE_DIR, else $NIX_STORE, else /nix/store, as Nix's
+// settings.nixStore (src/libstore/globals.cc@2.8.0).
+func EnvDir() (storepath.Dir, error) {
+	for _, k := range []string{"NIX_STORE_DIR", "NIX_STORE"} {
+		if v, ok := os.LookupEnv(k); ok {
+			p, err := AbsPathParam(k, v)
+			return storepath.Dir(p), err
+		}
+	}
+	return storepath.DefaultDir, nil
+}
+
+// StoreDirParam is the logical store directory a URI names with store=,
+// else EnvDir's.
+func (u *URI) StoreDirParam() (storepath.Dir, error) {
+	if v, ok := u.Params["store"]; ok {
+		p, err := AbsPathParam("store", v)
+		if err != nil {
+			return "", fmt.Errorf("store URI %q: %w", u.Raw, err)
+		}
+		return storepath.Dir(p), nil
+	}
+	return EnvDir()
+}
+
+// AbsPathParam checks and cleans the path a setting or URI parameter
+// called name gives, as Nix's PathSetting does (canonPath): it must be
+// absolute and not empty.
+func AbsPathParam(name, v string) (string, error) {
+	if v == "" {
+		return "", fmt.Errorf("setting '%s' cannot be empty", name)
+	}
+	if !strings.HasPrefix(v, "/") {
+		return "", fmt.Errorf("setting '%s': not an absolute path: '%s'", name, v)
+	}
+	return path.Clean(v), nil
 }

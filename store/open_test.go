@@ -18,13 +18,18 @@ func TestParseURI(t *testing.T) {
 		{"auto", URI{Scheme: "local", Path: "auto"}},
 		{"/tmp/s", URI{Scheme: "local", Path: "/tmp/s"}},
 		{"rel/dir", URI{Scheme: "local", Path: "rel/dir"}},
-		{"local?root=/x", URI{Scheme: "local", Path: "local", Params: map[string][]string{"root": {"/x"}}}},
-		{"/tmp/s?store=/nix/store", URI{Scheme: "local", Path: "/tmp/s", Params: map[string][]string{"store": {"/nix/store"}}}},
+		{"local?root=/x", URI{Scheme: "local", Path: "local", Params: map[string]string{"root": "/x"}}},
+		{"/tmp/s?store=/nix/store", URI{Scheme: "local", Path: "/tmp/s", Params: map[string]string{"store": "/nix/store"}}},
 		{"ssh://h", URI{Scheme: "ssh", Authority: "h"}},
 		{"ssh://u@h:22?remote-program=/bin/ferry&remote-store=/s", URI{Scheme: "ssh", Authority: "u@h:22",
-			Params: map[string][]string{"remote-program": {"/bin/ferry"}, "remote-store": {"/s"}}}},
+			Params: map[string]string{"remote-program": "/bin/ferry", "remote-store": "/s"}}},
 		{"ssh://h/path", URI{Scheme: "ssh", Authority: "h", Path: "/path"}},
 		{"https://cache.example/", URI{Scheme: "https", Authority: "cache.example", Path: "/"}},
+		// Nix's decodeQuery: "+" is kept, a bare key is ignored, the first
+		// of two wins, and a nested store URI keeps its own "?" and "=".
+		{"ssh://h?remote-store=/r%3Fstore%3D/l%26state%3D/s&a+b=c+d&bare&a+b=x", URI{Scheme: "ssh", Authority: "h",
+			Params: map[string]string{"remote-store": "/r?store=/l&state=/s", "a+b": "c+d"}}},
+		{"/r?store=/l?x=y", URI{Scheme: "local", Path: "/r", Params: map[string]string{"store": "/l?x=y"}}},
 	} {
 		got, err := ParseURI(tc.in)
 		if err != nil {
@@ -33,7 +38,7 @@ func TestParseURI(t *testing.T) {
 		}
 		tc.want.Raw = tc.in
 		if tc.want.Params == nil {
-			tc.want.Params = map[string][]string{}
+			tc.want.Params = map[string]string{}
 		}
 		if diff := cmp.Diff(&tc.want, got); diff != "" {
 			t.Errorf("ParseURI(%q) (-want +got):\n%s", tc.in, diff)

@@ -126,6 +126,7 @@ func runBuild(ctx context.Context, e *Env, st *localstore.Store, ops []string, s
 			return usagef("'%s' is not a derivation (.drv) path", p)
 		}
 	}
+	s = build.ForStore(st, s)
 	opts := &build.Options{Settings: s, Log: e.Stderr}
 	if auto := autoCollector(e, st, s); auto != nil {
 		opts.AutoGC = auto.Check

@@ -11,6 +11,7 @@ import (
 	"ferry/internal/localstore"
 	"ferry/nix/derivation"
 	"ferry/nix/storepath"
+	"ferry/store"
 )
 
 func init() {
@@ -18,24 +19,30 @@ func init() {
 	register(&command{name: "derivation path", args: "FILE", summary: "print the .drv store path and the output paths Nix would compute for a .drv or JSON derivation", run: cmdDerivationPath})
 }
 
-// physicalStoreDir is where the logical /nix/store lies on disk for the
-// --store flag, by the rule store.Open uses for local stores
-// (localstore.Select): DIR/nix/store for a chroot store, /nix/store for
-// the machine's. It is "" for a store that is not local.
-func physicalStoreDir(e *Env) string {
-	root, _ := localstore.Select(e.Store)
-	if root == "" {
-		return ""
+// storeLayout is the layout of the local store --store names, by the rule
+// store.Open uses (localstore.Resolve), without opening it. For a store
+// that is not local it has only the logical directory (the URI's store=,
+// else the default), and no physical one.
+func storeLayout(e *Env) localstore.Layout {
+	if r, err := localstore.ResolveString(e.Store); err == nil {
+		return r.Layout
 	}
-	return filepath.Join(root, string(storepath.DefaultDir))
+	var l localstore.Layout
+	l.Dir = storepath.DefaultDir
+	if u, err := store.ParseURI(e.Store); err == nil {
+		if d, err := u.StoreDirParam(); err == nil {
+			l.Dir = d
+		}
+	}
+	return l
 }
 
 // readDrvFile reads a derivation named by a store path (looked up in the
 // physical store) or by a file name, and returns its contents and, when
 // known, its store path.
-func readDrvFile(e *Env, arg string) ([]byte, storepath.Path, error) {
-	if p, err := storepath.Parse(arg); err == nil {
-		data, err := os.ReadFile(filepath.Join(physicalStoreDir(e), p.Base()))
+func readDrvFile(l *localstore.Layout, arg string) ([]byte, storepath.Path, error) {
+	if p, err := l.Dir.Parse(arg); err == nil && l.RealDir != "" {
+		data, err := os.ReadFile(filepath.Join(l.RealDir, p.Base()))
 		if err == nil {
 			return data, p, nil
 		}
@@ -50,7 +57,13 @@ func readDrvFile(e *Env, arg string) ([]byte, storepath.Path, error) {
 // loadDerivation parses a .drv (ATerm) or JSON derivation and fills in any
 // missing output paths, reading input derivations from the store.
 func loadDerivation(e *Env, arg string) (*derivation.Derivation, storepath.Path, error) {
-	data, p, err := readDrvFile(e, arg)
+	l := storeLayout(e)
+	return loadDerivationIn(&l, arg)
+}
+
+// loadDerivationIn is loadDerivation in the store laid out as l.
+func loadDerivationIn(l *localstore.Layout, arg string) (*derivation.Derivation, storepath.Path, error) {
+	data, p, err := readDrvFile(l, arg)
 	if err != nil {
 		return nil, "", err
 	}
@@ -62,22 +75,22 @@ func loadDerivation(e *Env, arg string) (*derivation.Derivation, storepath.Path,
 				return nil, "", err
 			}
 		} else if base := filepath.Base(arg); len(base) > 5 && base[len(base)-4:] == ".drv" {
-			if sp, err := storepath.DefaultDir.Join(base); err == nil {
+			if sp, err := l.Dir.Join(base); err == nil {
 				name, _ = derivation.NameFromPath(sp)
 			}
 		}
-		drv, err = derivation.Parse(data, name)
+		drv, err = derivation.ParseIn(l.Dir, data, name)
 	} else {
-		drv, err = derivation.ParseJSON(data)
+		drv, err = derivation.ParseJSONIn(l.Dir, data)
 	}
 	if err != nil {
 		return nil, "", fmt.Errorf("read derivation %s: %w", arg, err)
 	}
-	if err := drv.FillOutputPaths(storepath.DefaultDir, storeResolver(e, filepath.Dir(arg)), nil); err != nil {
+	if err := drv.FillOutputPaths(l.Dir, storeResolver(l, filepath.Dir(arg)), nil); err != nil {
 		return nil, "", fmt.Errorf("compute output paths of %s: %w", arg, err)
 	}
 	if p == "" {
-		if p, err = drv.Path(storepath.DefaultDir); err != nil {
+		if p, err = drv.Path(l.Dir); err != nil {
 			return nil, "", err
 		}
 	}
@@ -87,20 +100,20 @@ func loadDerivation(e *Env, arg string) (*derivation.Derivation, storepath.Path,
 // storeResolver reads input derivations from the physical store, or from
 // fallbackDir (the directory of the file being read) when they are not
 // there.
-func storeResolver(e *Env, fallbackDir string) derivation.Resolver {
+func storeResolver(l *localstore.Layout, fallbackDir string) derivation.Resolver {
 	return func(p storepath.Path) (*derivation.Derivation, error) {
 		name, err := derivation.NameFromPath(p)
 		if err != nil {
 			return nil, err
 		}
-		data, err := os.ReadFile(filepath.Join(physicalStoreDir(e), p.Base()))
-		if os.IsNotExist(err) {
+		data, err := os.ReadFile(filepath.Join(l.RealDir, p.Base()))
+		if l.RealDir == "" || os.IsNotExist(err) {
 			data, err = os.ReadFile(filepath.Join(fallbackDir, p.Base()))
 		}
 		if err != nil {
 			return nil, fmt.Errorf("read input derivation %s: %w", p, err)
 		}
-		return derivation.Parse(data, name)
+		return derivation.ParseIn(l.Dir, data, name)
 	}
 }
 
@@ -136,11 +149,12 @@ func cmdDerivationPath(ctx context.Context, e *Env, args []string) error {
 	if len(ops) != 1 {
 		return usagef("derivation path takes exactly one FILE")
 	}
-	drv, _, err := loadDerivation(e, ops[0])
+	l := storeLayout(e)
+	drv, _, err := loadDerivationIn(&l, ops[0])
 	if err != nil {
 		return err
 	}
-	p, err := drv.Path(storepath.DefaultDir)
+	p, err := drv.Path(l.Dir)
 	if err != nil {
 		return err
 	}

@@ -120,11 +120,10 @@ func cmdDerivationAdd(ctx context.Context, e *Env, args []string) error {
 		return usagef("derivation add needs at least one FILE")
 	}
 	return withStore(ctx, e, func(st *localstore.Store) error {
-		// Resolve input derivations through the store's physical root.
-		e2 := *e
-		e2.Store = st.Root()
+		// Resolve input derivations in the store's own directories.
+		l := st.Layout()
 		for _, f := range ops {
-			drv, _, err := loadDerivation(&e2, f)
+			drv, _, err := loadDerivationIn(&l, f)
 			if err != nil {
 				return err
 			}
@@ -464,7 +463,7 @@ func cmdStoreVerify(ctx context.Context, e *Env, args []string) error {
 func runStoreVerify(ctx context.Context, e *Env, st *localstore.Store, checkContents bool, s *settings.Settings) error {
 	opts := &localstore.VerifyOptions{CheckContents: checkContents}
 	if s != nil {
-		bopts := &build.Options{Settings: s, Log: e.Stderr}
+		bopts := &build.Options{Settings: build.ForStore(st, s), Log: e.Stderr}
 		opts.Repair = func(ctx context.Context, p storepath.Path) error {
 			return build.RepairPath(ctx, st, p, bopts)
 		}

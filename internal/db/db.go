@@ -93,6 +93,9 @@ type Options struct {
 	// caller holds the big lock exclusively and writes the schema file
 	// after.
 	UpgradeFrom int
+	// StoreDir is the logical store directory every path in the database
+	// lies in; "" means storepath.DefaultDir.
+	StoreDir storepath.Dir
 }
 
 // DB is an open store database. It is safe for concurrent use; its
@@ -100,6 +103,7 @@ type Options struct {
 type DB struct {
 	sql   *sql.DB
 	stmts map[string]*sql.Stmt
+	dir   storepath.Dir
 }
 
 // Open opens the database file path (normally <state>/db/db.sqlite) with
@@ -139,7 +143,10 @@ func Open(path string, opts *Options) (*DB, error) {
 	sdb.SetMaxIdleConns(1)
 	sdb.SetConnMaxLifetime(0)
 	sdb.SetConnMaxIdleTime(0)
-	d := &DB{sql: sdb, stmts: map[string]*sql.Stmt{}}
+	d := &DB{sql: sdb, stmts: map[string]*sql.Stmt{}, dir: opts.StoreDir}
+	if d.dir == "" {
+		d.dir = storepath.DefaultDir
+	}
 	ctx := context.Background()
 	if err := d.setup(ctx, opts.Create); err != nil {
 		sdb.Close()
@@ -346,7 +353,7 @@ func (r *infoRow) info(p storepath.Path) (*store.PathInfo, error) {
 	if r.deriver.Valid && r.deriver.String != "" {
 		// Nix 2.8 would throw on a bad deriver; an unreadable one is
 		// reported as unknown instead.
-		if dp, err := storepath.Parse(r.deriver.String); err == nil {
+		if dp, err := p.Dir().Parse(r.deriver.String); err == nil {
 			info.Deriver = dp
 		}
 	}
@@ -387,7 +394,7 @@ func (t *Tx) QueryPathInfos(paths []storepath.Path) ([]*store.PathInfo, error) {
 		if err := rows.Scan(&r.id, &path, &r.h, &r.regTime, &r.deriver, &r.narSize, &r.ultimate, &r.sigs, &r.ca); err != nil {
 			return nil, err
 		}
-		p, err := storepath.Parse(path)
+		p, err := t.d.dir.Parse(path)
 		if err != nil {
 			return nil, fmt.Errorf("database holds a bad store path: %w", err)
 		}
@@ -412,7 +419,7 @@ func (t *Tx) QueryPathInfos(paths []storepath.Path) ([]*store.PathInfo, error) {
 		if err := refs.Scan(&id, &path); err != nil {
 			return nil, err
 		}
-		p, err := storepath.Parse(path)
+		p, err := t.d.dir.Parse(path)
 		if err != nil {
 			return nil, fmt.Errorf("database holds a bad store path: %w", err)
 		}
@@ -461,7 +468,7 @@ func (t *Tx) queryPaths(stmt string, args ...any) ([]storepath.Path, error) {
 		if err := rows.Scan(&s); err != nil {
 			return nil, err
 		}
-		p, err := storepath.Parse(s)
+		p, err := t.d.dir.Parse(s)
 		if err != nil {
 			return nil, fmt.Errorf("database holds a bad store path: %w", err)
 		}
@@ -567,7 +574,7 @@ func (t *Tx) QueryValidDerivers(p storepath.Path) ([]storepath.Path, error) {
 		if err := rows.Scan(&id, &s); err != nil {
 			return nil, err
 		}
-		if dp, err := storepath.Parse(s); err == nil {
+		if dp, err := t.d.dir.Parse(s); err == nil {
 			out = append(out, dp)
 		}
 	}
@@ -592,7 +599,7 @@ func (t *Tx) QueryDerivationOutputs(drvID int64) (map[string]storepath.Path, err
 		if err := rows.Scan(&id, &s); err != nil {
 			return nil, err
 		}
-		p, err := storepath.Parse(s)
+		p, err := t.d.dir.Parse(s)
 		if err != nil {
 			return nil, fmt.Errorf("database holds a bad output path: %w", err)
 		}
@@ -619,7 +626,7 @@ func (t *Tx) QueryPathFromHashPart(dir storepath.Dir, hashPart string) (storepat
 	if !strings.HasPrefix(s, prefix) {
 		return "", false, nil
 	}
-	p, err := storepath.Parse(s)
+	p, err := t.d.dir.Parse(s)
 	if err != nil {
 		return "", false, nil
 	}
@@ -640,7 +647,7 @@ func (t *Tx) QueryValidPaths() ([]storepath.Path, error) {
 			return nil, err
 		}
 		// Rows Nix 2.8 accepted but current syntax rejects are skipped.
-		if p, err := storepath.Parse(s); err == nil {
+		if p, err := t.d.dir.Parse(s); err == nil {
 			out = append(out, p)
 		}
 	}

@@ -62,15 +62,16 @@ type Entry struct {
 	Path storepath.Path
 	// Valid says whether Path was registered when the plan was made.
 	Valid bool
+	// dir is the logical store directory, for String when Path is "".
+	dir storepath.Dir
 }
 
-// String is the entry as Nix prints it: the logical path. (A local
-// store's logical directory is always /nix/store.)
+// String is the entry as Nix prints it: the logical path.
 func (e Entry) String() string {
 	if e.Path != "" {
 		return e.Path.String()
 	}
-	return string(storepath.DefaultDir) + "/" + e.Name
+	return string(e.dir) + "/" + e.Name
 }
 
 // Collection is a planned garbage collection. It holds the GC lock and
@@ -255,7 +256,7 @@ func (c *Collection) planAll(g *graph, live map[storepath.Path]bool) ([]Entry, e
 		p, err := dir.Join(name)
 		if err != nil {
 			if !c.inUse(name) {
-				others = append(others, Entry{Name: name})
+				others = append(others, Entry{Name: name, dir: dir})
 			}
 			continue
 		}

@@ -22,15 +22,13 @@ type localBuilder struct {
 
 // NewBuilder returns the builder of a serve session over the local
 // store st: derivations are realised by internal/build with the machine's
-// settings s (nil means settings.Default()) and the limits each client
+// settings s (nil means settings.Default(); the store's own
+// system-features replace s's, build.ForStore) and the limits each client
 // sends (docs/protocol.md §3.8), as Nix's opServe does. autoGC, if not
 // nil, is build.Options.AutoGC: the automatic collection of min-free and
 // max-free while builds run.
 func NewBuilder(st *localstore.Store, s *settings.Settings, autoGC func(context.Context)) store.Builder {
-	if s == nil {
-		s = settings.Default()
-	}
-	return &localBuilder{st: st, s: s, autoGC: autoGC}
+	return &localBuilder{st: st, s: build.ForStore(st, s), autoGC: autoGC}
 }
 
 func (b *localBuilder) opts(bs *store.BuildSettings, log io.Writer, inMemory bool) *build.Options {

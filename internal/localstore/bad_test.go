@@ -5,7 +5,7 @@ import (
 	"context"
 	"errors"
 	"os"
-	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -13,6 +13,8 @@ import (
 	"ferry/nix/nar"
 	"ferry/nix/storepath"
 	"ferry/store"
+
+	"github.com/google/go-cmp/cmp"
 )
 
 func narOf(t testing.TB, content string) []byte {
@@ -183,28 +185,100 @@ func TestInvalidatePath(t *testing.T) {
 	}
 }
 
-func TestSelect(t *testing.T) {
-	t.Setenv("FERRY_STORE", "")
+func TestResolve(t *testing.T) {
+	for _, k := range []string{"FERRY_STORE", "NIX_STORE_DIR", "NIX_STORE", "NIX_STATE_DIR", "NIX_LOG_DIR"} {
+		t.Setenv(k, "")
+		os.Unsetenv(k)
+	}
 	t.Setenv("XDG_DATA_HOME", "/xdg")
-	for _, tt := range []struct{ flag, want string }{
-		{"/some/dir", "/some/dir"},
-		{"local", "/"},
-		{"/", "/"},
-		{"local?root=/r", "/r"},
-		{"ssh://host", ""},
+	chroot := func(root string) Layout { return RootLayout(root) }
+	for _, tt := range []struct {
+		uri      string
+		want     Layout
+		features []string
+		warn     string
+	}{
+		{uri: "/some/dir", want: chroot("/some/dir")},
+		{uri: "/some/dir/", want: chroot("/some/dir")},
+		{uri: "local", want: Layout{Dir: "/nix/store", RealDir: "/nix/store", StateDir: "/nix/var/nix", LogDir: "/nix/var/log/nix"}},
+		{uri: "daemon", want: Layout{Dir: "/nix/store", RealDir: "/nix/store", StateDir: "/nix/var/nix", LogDir: "/nix/var/log/nix"}},
+		{uri: "/", want: chroot("/")},
+		{uri: "local?root=/r", want: chroot("/r")},
+		// The path wins over root=, as in Nix's openFromNonUri.
+		{uri: "/d?root=/r", want: chroot("/d")},
+		// store= changes the logical directory only: the objects of a
+		// chroot store stay in root/nix/store (local-fs-store.hh@2.8.0).
+		{uri: "/r?store=/l", want: Layout{Dir: "/l", RealDir: "/r/nix/store", StateDir: "/r/nix/var/nix", LogDir: "/r/nix/var/log/nix", Root: "/r"}},
+		{uri: "local?store=/l&state=/s&log=/g", want: Layout{Dir: "/l", RealDir: "/l", StateDir: "/s", LogDir: "/g"}},
+		{uri: "local?store=/l/&real=/p//q", want: Layout{Dir: "/l", RealDir: "/p/q", StateDir: "/nix/var/nix", LogDir: "/nix/var/log/nix"}},
+		{uri: "/r?system-features=kvm%20big&require-sigs=false&priority=10&trusted=1", want: chroot("/r"), features: []string{"kvm", "big"}},
+		{uri: "/r?read-only=true", want: chroot("/r"), warn: "unknown setting 'read-only'"},
 	} {
-		if got, why := Select(tt.flag); got != tt.want || why == "" {
-			t.Errorf("Select(%q) = %q, %q; want %q", tt.flag, got, why, tt.want)
+		r, err := ResolveString(tt.uri)
+		if err != nil {
+			t.Errorf("Resolve(%q): %v", tt.uri, err)
+			continue
+		}
+		if diff := cmp.Diff(tt.want, r.Layout); diff != "" {
+			t.Errorf("Resolve(%q) (-want +got):\n%s", tt.uri, diff)
+		}
+		if !slices.Equal(r.Options.SystemFeatures, tt.features) {
+			t.Errorf("Resolve(%q): features %q, want %q", tt.uri, r.Options.SystemFeatures, tt.features)
+		}
+		if w := strings.Join(r.Warnings, "\n"); !strings.Contains(w, tt.warn) || (tt.warn == "") != (w == "") {
+			t.Errorf("Resolve(%q): warnings %q, want %q", tt.uri, w, tt.warn)
 		}
 	}
-	t.Setenv("FERRY_STORE", "/env/store")
-	if got, _ := Select(""); got != "/env/store" {
-		t.Errorf("FERRY_STORE: %q", got)
+	for uri, msg := range map[string]string{
+		"foo":                        "don't know how to open Nix store 'foo'",
+		"/r?store=rel":               "setting 'store': not an absolute path: 'rel'",
+		"/r?state=":                  "setting 'state' cannot be empty",
+		"/r?require-sigs=maybe":      "Boolean setting 'require-sigs' has invalid value 'maybe'",
+		"/r?priority=high":           "setting 'priority' has invalid value 'high'",
+		"ssh://host":                 "not a local store",
+		"local?store=/a%2":           "invalid URI parameter",
+		"/r?store=/nix/store&real=x": "setting 'real': not an absolute path: 'x'",
+	} {
+		if _, err := ResolveString(uri); err == nil || !strings.Contains(err.Error(), msg) {
+			t.Errorf("Resolve(%q): %v, want %q", uri, err, msg)
+		}
 	}
-	t.Setenv("FERRY_STORE", "")
-	got, why := Select("")
-	if got != "/" && got != filepath.Join("/xdg", "ferry") {
-		t.Errorf("default: %q (%s)", got, why)
+
+	// The environment, as Nix's settings read it.
+	t.Setenv("NIX_STORE_DIR", "/e/store/")
+	t.Setenv("NIX_STATE_DIR", "/e/state")
+	t.Setenv("NIX_LOG_DIR", "/e/log")
+	r, err := ResolveString("local")
+	fatalIf(t, err)
+	if diff := cmp.Diff(Layout{Dir: "/e/store", RealDir: "/e/store", StateDir: "/e/state", LogDir: "/e/log"}, r.Layout); diff != "" {
+		t.Errorf("local with NIX_*_DIR (-want +got):\n%s", diff)
+	}
+	// A chroot store keeps the logical directory from the environment but
+	// its state under its root, as Nix's does.
+	r, err = ResolveString("/r")
+	fatalIf(t, err)
+	if diff := cmp.Diff(Layout{Dir: "/e/store", RealDir: "/r/nix/store", StateDir: "/r/nix/var/nix", LogDir: "/r/nix/var/log/nix", Root: "/r"}, r.Layout); diff != "" {
+		t.Errorf("/r with NIX_*_DIR (-want +got):\n%s", diff)
+	}
+	// With no --store: the store with no root if its state directory is
+	// writable, else the per-user store.
+	r, err = ResolveString("")
+	fatalIf(t, err)
+	if r.Layout.Root != "/xdg/ferry" || !strings.Contains(r.Why, "/e/state is not writable") {
+		t.Errorf("default with an unwritable state dir: %+v", r)
+	}
+	state := t.TempDir()
+	t.Setenv("NIX_STATE_DIR", state)
+	r, err = ResolveString("auto")
+	fatalIf(t, err)
+	if r.Layout.Root != "" || r.Layout.StateDir != state || r.Layout.Dir != "/e/store" {
+		t.Errorf("default with a writable state dir: %+v", r)
+	}
+	t.Setenv("FERRY_STORE", "/env/store?store=/x")
+	r, err = ResolveString("")
+	fatalIf(t, err)
+	if r.Layout.Root != "/env/store" || r.Layout.Dir != "/x" || r.Why != "FERRY_STORE=/env/store?store=/x" {
+		t.Errorf("FERRY_STORE: %+v", r)
 	}
 }
 

@@ -4,7 +4,13 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"sort"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
 
 	"ferry/internal/db"
 	"ferry/nix/storepath"
@@ -13,24 +19,218 @@ import (
 
 func init() { store.Register("local", openURI) }
 
-// openURI opens the local store a URI names (store.Open): a directory,
-// "local", "/", "auto" or "" as Select resolves them, and "local?root=DIR".
+// openURI opens the local store a URI names (store.Open): see Resolve.
 func openURI(ctx context.Context, u *store.URI, opts *store.OpenOptions) (store.Store, error) {
-	spec := u.Path
-	for k := range u.Params {
-		if k != "root" || u.Path != "local" {
-			return nil, fmt.Errorf("open store %q: unknown store parameter %q", u.Raw, k)
+	r, err := Resolve(u)
+	if err != nil {
+		return nil, err
+	}
+	if opts.Log != nil {
+		for _, w := range r.Warnings {
+			fmt.Fprintf(opts.Log, "warning: %s\n", w)
 		}
-		spec = u.Raw
+		if opts.Verbose {
+			fmt.Fprintf(opts.Log, "using store %s (%s)\n", r.Layout.name(), r.Why)
+		}
 	}
-	root, why := Select(spec)
-	if root == "" {
-		return nil, fmt.Errorf("open store %q: %s", u.Raw, why)
+	o := r.Options
+	o.ReservedSize = opts.ReservedSize
+	return OpenLayout(r.Layout, &o)
+}
+
+// Resolved is what a local store URI says: where the store is, its
+// options, and why it was chosen.
+type Resolved struct {
+	Layout  Layout
+	Options Options // SystemFeatures and RequireSigs from the URI
+	// Why says which rule chose the store, for -v.
+	Why string
+	// Warnings are Nix's, for parameters it doesn't know ("unknown
+	// setting 'x'"); the store opens anyway, as in Nix.
+	Warnings []string
+}
+
+// ResolveString is Resolve for a URI not parsed yet.
+func ResolveString(uri string) (*Resolved, error) {
+	u, err := store.ParseURI(uri)
+	if err != nil {
+		return nil, err
 	}
-	if opts.Verbose && opts.Log != nil {
-		fmt.Fprintf(opts.Log, "using store %s (%s)\n", root, why)
+	if u.Scheme != "local" {
+		return nil, fmt.Errorf("store %q is not a local store", uri)
 	}
-	return Open(root, &Options{ReservedSize: opts.ReservedSize})
+	return Resolve(u)
+}
+
+// Resolve reads a local store URI as Nix 2.8's openStore and
+// LocalFSStoreConfig do (store-api.cc, local-fs-store.hh@2.8.0):
+//
+//   - "DIR?params" (anything with a "/") is a chroot store with root=DIR,
+//     "local?params" the store with no root unless root= is given, and
+//     "daemon" the same (ferry talks to no daemon). "", "auto" fall back
+//     to $FERRY_STORE, then to the store with no root when its state
+//     directory is writable, else to a per-user chroot store in
+//     ${XDG_DATA_HOME:-~/.local/share}/ferry. Anything else is Nix's
+//     "don't know how to open Nix store".
+//   - store= is the logical store directory (default $NIX_STORE_DIR, else
+//     /nix/store); real= the physical one (default root/nix/store with a
+//     root, else the logical one); state= and log= the state and log
+//     directories (default root/nix/var/nix and root/nix/var/log/nix,
+//     else $NIX_STATE_DIR and $NIX_LOG_DIR, else /nix/var/nix and
+//     /nix/var/log/nix). Every path must be absolute.
+//   - system-features= (space-separated) replaces nix.conf's for builds
+//     in the store, require-sigs= its require-sigs; trusted=, priority=,
+//     want-mass-query= and path-info-cache-size= are checked and change
+//     nothing here. Any other parameter is a warning, as in Nix.
+func Resolve(u *store.URI) (*Resolved, error) {
+	return resolve(u, 0)
+}
+
+func resolve(u *store.URI, depth int) (*Resolved, error) {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("open store %q: %s", u.Raw, fmt.Sprintf(format, a...))
+	}
+	r := &Resolved{}
+	root, hasRoot := u.Params["root"]
+	spec := u.Path
+	switch {
+	case spec == "" || spec == "auto":
+		if env := os.Getenv("FERRY_STORE"); env != "" && env != "auto" && depth == 0 {
+			eu, err := store.ParseURI(env)
+			if err != nil {
+				return nil, fmt.Errorf("FERRY_STORE: %w", err)
+			}
+			if eu.Scheme != "local" {
+				return nil, fmt.Errorf("FERRY_STORE=%s: not a local store", env)
+			}
+			for k, v := range u.Params {
+				eu.Params[k] = v
+			}
+			er, err := resolve(eu, depth+1)
+			if err != nil {
+				return nil, err
+			}
+			er.Why = "FERRY_STORE=" + env
+			return er, nil
+		}
+		state, ok := u.Params["state"]
+		if !ok {
+			state = envPath("NIX_STATE_DIR", "/nix/var/nix")
+		}
+		if hasRoot || unix.Access(state, unix.R_OK|unix.W_OK) == nil {
+			r.Why = state + " is writable"
+			break
+		}
+		base := os.Getenv("XDG_DATA_HOME")
+		if base == "" {
+			home, err := os.UserHomeDir()
+			if err != nil {
+				home = "/"
+			}
+			base = filepath.Join(home, ".local/share")
+		}
+		root, hasRoot = filepath.Join(base, "ferry"), true
+		r.Why = "per-user store: " + state + " is not writable"
+	case spec == "local" || spec == "daemon":
+		r.Why = "--store " + u.Raw
+	case strings.Contains(spec, "/"):
+		abs, err := filepath.Abs(spec)
+		if err != nil {
+			return nil, bad("%v", err)
+		}
+		root, hasRoot = abs, true
+		r.Why = "--store " + u.Raw
+	default:
+		return nil, fmt.Errorf("don't know how to open Nix store '%s'", u.Raw)
+	}
+	if r.Why == "" {
+		r.Why = "--store " + u.Raw
+	}
+	if hasRoot && root != "" {
+		var err error
+		if root, err = store.AbsPathParam("root", root); err != nil {
+			return nil, bad("%v", err)
+		}
+	} else {
+		root = ""
+	}
+	dir, err := u.StoreDirParam()
+	if err != nil {
+		return nil, err
+	}
+	l := Layout{Dir: dir, Root: root}
+	pathParam := func(name, withRoot, envName, dflt string) (string, error) {
+		if v, ok := u.Params[name]; ok {
+			p, err := store.AbsPathParam(name, v)
+			if err != nil {
+				return "", bad("%v", err)
+			}
+			return p, nil
+		}
+		if root != "" {
+			return filepath.Join(root, withRoot), nil
+		}
+		if envName == "" {
+			return dflt, nil
+		}
+		return envPath(envName, dflt), nil
+	}
+	if l.StateDir, err = pathParam("state", "nix/var/nix", "NIX_STATE_DIR", "/nix/var/nix"); err != nil {
+		return nil, err
+	}
+	if l.LogDir, err = pathParam("log", "nix/var/log/nix", "NIX_LOG_DIR", "/nix/var/log/nix"); err != nil {
+		return nil, err
+	}
+	if l.RealDir, err = pathParam("real", "nix/store", "", string(dir)); err != nil {
+		return nil, err
+	}
+	r.Layout = l
+	for k, v := range u.Params {
+		switch k {
+		case "root", "store", "state", "log", "real":
+		case "system-features":
+			r.Options.SystemFeatures = strings.Fields(v)
+			if r.Options.SystemFeatures == nil {
+				r.Options.SystemFeatures = []string{}
+			}
+		case "require-sigs", "trusted", "want-mass-query":
+			b, err := parseBool(k, v)
+			if err != nil {
+				return nil, bad("%v", err)
+			}
+			if k == "require-sigs" {
+				r.Options.RequireSigs = &b
+			}
+		case "priority", "path-info-cache-size":
+			if _, err := strconv.Atoi(v); err != nil {
+				return nil, bad("setting '%s' has invalid value '%s'", k, v)
+			}
+		default:
+			r.Warnings = append(r.Warnings, fmt.Sprintf("unknown setting '%s' in store URI %s", k, u.Raw))
+		}
+	}
+	sort.Strings(r.Warnings)
+	return r, nil
+}
+
+// envPath is the cleaned value of the environment variable name, else
+// dflt, as Nix's settings read NIX_STATE_DIR and NIX_LOG_DIR.
+func envPath(name, dflt string) string {
+	if v := os.Getenv(name); v != "" {
+		return filepath.Clean(v)
+	}
+	return dflt
+}
+
+// parseBool parses a Boolean setting as Nix does.
+func parseBool(name, v string) (bool, error) {
+	switch v {
+	case "true", "yes", "1":
+		return true, nil
+	case "false", "no", "0":
+		return false, nil
+	}
+	return false, fmt.Errorf("Boolean setting '%s' has invalid value '%s'", name, v)
 }
 
 var (

@@ -3,11 +3,15 @@
 // lays them out, so that ferry and real Nix can work on the same store at
 // the same time (docs/store.md §5 to §7).
 //
-// A store is opened at a physical root directory: root "/" is the
-// machine's /nix; any other root keeps its objects in <root>/nix/store and
-// its state in <root>/nix/var/nix, while its logical store directory stays
-// /nix/store, so every path and hash is the one a normal Nix store has
-// (Nix's "--store /some/dir", a chroot store).
+// A store is opened with a Layout, Nix's LocalFSStoreConfig: a logical
+// store directory, which every path and hash is computed against, and the
+// physical store, state and log directories. Open takes the common case, a
+// physical root directory: root "/" is the machine's /nix; any other root
+// keeps its objects in <root>/nix/store and its state in <root>/nix/var/nix,
+// while its logical store directory stays /nix/store, so every path and
+// hash is the one a normal Nix store has (Nix's "--store /some/dir", a
+// chroot store). OpenURI (open.go) reads a store URI's parameters and
+// Nix's environment variables into a Layout as Nix 2.8 does.
 //
 // README.md in this directory states the locking order and the crash
 // safety invariants every write path follows.
@@ -19,8 +23,8 @@ import (
 	"fmt"
 	"os"
 	"os/user"
+	"path"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -47,15 +51,63 @@ type Options struct {
 	// negative value reserves nothing (an empty file, as Nix makes with
 	// gc-reserved-space = 0).
 	ReservedSize int64
+	// SystemFeatures, when not nil, are the features builds in this store
+	// may require, replacing nix.conf's system-features (the store
+	// parameter system-features=, as Nix's machines file sets it).
+	SystemFeatures []string
+	// RequireSigs, when not nil, replaces nix.conf's require-sigs for
+	// paths copied into this store (the store parameter require-sigs=).
+	RequireSigs *bool
+}
+
+// Layout says where a local store keeps its parts: Nix's
+// LocalFSStoreConfig (src/libstore/local-fs-store.hh@2.8.0).
+type Layout struct {
+	// Dir is the logical store directory: what every path and hash names.
+	Dir storepath.Dir
+	// RealDir is the physical store directory, where the objects are.
+	RealDir string
+	// StateDir holds db, gcroots, profiles, temproots and gc.lock.
+	StateDir string
+	// LogDir holds build logs, in drvs/.
+	LogDir string
+	// Root is the directory of a chroot store (Nix's root=), "" if none:
+	// the default of the other directories, and how messages name it.
+	Root string
+}
+
+// RootLayout is the layout of the chroot store at root, as Open uses it:
+// logical /nix/store, objects in root/nix/store, state in root/nix/var/nix
+// and logs in root/nix/var/log/nix. Root "/" is the machine's own store.
+func RootLayout(root string) Layout {
+	return Layout{
+		Dir:      storepath.DefaultDir,
+		RealDir:  filepath.Join(root, "nix/store"),
+		StateDir: filepath.Join(root, "nix/var/nix"),
+		LogDir:   filepath.Join(root, "nix/var/log/nix"),
+		Root:     root,
+	}
+}
+
+// name is how messages name the store: its root, else its logical store
+// directory and, if different, where it lies.
+func (l *Layout) name() string {
+	switch {
+	case l.Root != "":
+		return l.Root
+	case l.RealDir != string(l.Dir):
+		return fmt.Sprintf("%s (at %s)", l.Dir, l.RealDir)
+	}
+	return string(l.Dir)
 }
 
 // Store is an open local store. It is safe for concurrent use by many
 // goroutines; several Stores (in one or many processes, ferry or Nix) may
 // work on the same root at once.
 type Store struct {
-	root     string // physical root, absolute
-	realDir  string // <root>/nix/store
-	stateDir string // <root>/nix/var/nix
+	layout   Layout
+	realDir  string // layout.RealDir
+	stateDir string // layout.StateDir
 	opts     Options
 
 	db    *db.DB
@@ -78,17 +130,32 @@ var _ store.TempRooter = (*Store)(nil)
 // don't exist yet. It takes the big lock shared for the life of the Store
 // (exclusive while it initialises a new database).
 func Open(root string, opts *Options) (*Store, error) {
-	if opts == nil {
-		opts = &Options{}
-	}
 	abs, err := filepath.Abs(root)
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", root, err)
 	}
+	return OpenLayout(RootLayout(abs), opts)
+}
+
+// OpenLayout opens the local store laid out as l, whose directories must
+// be absolute, as Open does.
+func OpenLayout(l Layout, opts *Options) (*Store, error) {
+	if opts == nil {
+		opts = &Options{}
+	}
+	abs := l.name()
+	for _, d := range []string{string(l.Dir), l.RealDir, l.StateDir, l.LogDir} {
+		if !filepath.IsAbs(d) {
+			return nil, fmt.Errorf("open store %s: directory %q is not absolute", abs, d)
+		}
+	}
+	if _, err := l.Dir.Join("00000000000000000000000000000000-x"); err != nil || path.Clean(string(l.Dir)) != string(l.Dir) || l.Dir == "/" {
+		return nil, fmt.Errorf("open store %s: %q is not a clean absolute store directory", abs, l.Dir)
+	}
 	s := &Store{
-		root:     abs,
-		realDir:  filepath.Join(abs, string(storepath.DefaultDir)),
-		stateDir: filepath.Join(abs, "nix/var/nix"),
+		layout:   l,
+		realDir:  l.RealDir,
+		stateDir: l.StateDir,
 		opts:     *opts,
 	}
 	if err := s.makeDirs(); err != nil {
@@ -164,7 +231,7 @@ func (s *Store) openDB(ctx context.Context, dbDir string) error {
 	if schema != 0 && schema < db.SchemaVersion {
 		upgradeFrom = schema
 	}
-	s.db, err = db.Open(filepath.Join(dbDir, "db.sqlite"), &db.Options{Create: schema == 0, UpgradeFrom: upgradeFrom})
+	s.db, err = db.Open(filepath.Join(dbDir, "db.sqlite"), &db.Options{Create: schema == 0, UpgradeFrom: upgradeFrom, StoreDir: s.layout.Dir})
 	if err != nil {
 		return fail(err)
 	}
@@ -253,18 +320,31 @@ func (s *Store) Close() error {
 	return s.closeErr
 }
 
-// Dir is the logical store directory, always /nix/store.
-func (s *Store) Dir() storepath.Dir { return storepath.DefaultDir }
+// Dir is the logical store directory (/nix/store unless the layout says
+// otherwise).
+func (s *Store) Dir() storepath.Dir { return s.layout.Dir }
 
-// Root is the physical root directory the store was opened at.
-func (s *Store) Root() string { return s.root }
+// Layout is where the store keeps its parts.
+func (s *Store) Layout() Layout { return s.layout }
 
-// RealDir is the physical store directory, <root>/nix/store.
+// Root is the directory of a chroot store (Layout.Root), "" for a store
+// with no root.
+func (s *Store) Root() string { return s.layout.Root }
+
+// RealDir is the physical store directory (<root>/nix/store for a chroot
+// store).
 func (s *Store) RealDir() string { return s.realDir }
 
-// StateDir is the physical state directory, <root>/nix/var/nix (gcroots,
-// profiles, temproots, gc.lock, db).
+// StateDir is the physical state directory (<root>/nix/var/nix for a
+// chroot store): gcroots, profiles, temproots, gc.lock, db.
 func (s *Store) StateDir() string { return s.stateDir }
+
+// SystemFeatures are the features builds in this store may require when
+// the store sets them (Options.SystemFeatures), else nil: nix.conf's apply.
+func (s *Store) SystemFeatures() []string { return s.opts.SystemFeatures }
+
+// RequireSigs is the store's require-sigs when its URI sets one, else nil.
+func (s *Store) RequireSigs() *bool { return s.opts.RequireSigs }
 
 // RealPath is where the object of p lives on disk.
 func (s *Store) RealPath(p storepath.Path) string {
@@ -283,57 +363,4 @@ func (s *Store) TempRoots() *lock.TempRoots { return s.temps }
 // not make p valid: check validity after it.
 func (s *Store) AddTempRoot(ctx context.Context, p storepath.Path) error {
 	return s.temps.Add(ctx, string(p))
-}
-
-// Select picks the physical root of the local store to use, following
-// issue 3's rules: the --store flag (a directory, "/" or "local", or
-// "local?root=DIR"), else $FERRY_STORE (same forms), else "/" when
-// /nix/var/nix/db is writable, else a per-user store in
-// ${XDG_DATA_HOME:-~/.local/share}/ferry. why says which rule decided, for
-// -v. A store URI that is not local (e.g. ssh://host) yields root "" and
-// why explains; the caller handles those.
-func Select(flag string) (root string, why string) {
-	if flag != "" && flag != "auto" {
-		return selectSpec(flag, "--store "+flag)
-	}
-	if env := os.Getenv("FERRY_STORE"); env != "" && env != "auto" {
-		return selectSpec(env, "FERRY_STORE="+env)
-	}
-	if unix.Access("/nix/var/nix/db", unix.W_OK) == nil {
-		return "/", "/nix/var/nix/db is writable"
-	}
-	base := os.Getenv("XDG_DATA_HOME")
-	if base == "" {
-		home, err := os.UserHomeDir()
-		if err != nil {
-			home = "/"
-		}
-		base = filepath.Join(home, ".local/share")
-	}
-	return filepath.Join(base, "ferry"), "per-user store: /nix/var/nix/db is not writable"
-}
-
-func selectSpec(spec, why string) (string, string) {
-	switch {
-	case spec == "local" || spec == "/" || spec == "daemon":
-		return "/", why
-	case strings.HasPrefix(spec, "local?"):
-		for _, kv := range strings.Split(strings.TrimPrefix(spec, "local?"), "&") {
-			if r, ok := strings.CutPrefix(kv, "root="); ok && r != "" {
-				abs, err := filepath.Abs(r)
-				if err != nil {
-					return "", why + ": " + err.Error()
-				}
-				return abs, why
-			}
-		}
-		return "/", why
-	case strings.Contains(spec, "://"):
-		return "", why + ": not a local store"
-	}
-	abs, err := filepath.Abs(spec)
-	if err != nil {
-		return "", why + ": " + err.Error()
-	}
-	return abs, why
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net/url"
+	"path/filepath"
 	"testing"
 
 	"ferry/internal/localserve"
@@ -12,6 +13,7 @@ import (
 	"ferry/internal/serve"
 	"ferry/internal/sshstore"
 	"ferry/internal/storetest"
+	"ferry/nix/storepath"
 	"ferry/store"
 )
 
@@ -74,4 +76,42 @@ func cut(kv string) (string, string, bool) {
 
 func TestConformanceNixServe(t *testing.T) {
 	storetest.Run(t, &storetest.Harness{Open: nixServeStore, Reopen: nixServeStore})
+}
+
+// serveLogical returns an opener of the ssh store, with store=dir, on
+// program --serve --write --store 'root?store=dir': real nix-store or
+// ferry, run directly as for ssh://localhost.
+func serveLogical(program string, dir storepath.Dir) func(t *testing.T, root string) store.Store {
+	return func(t *testing.T, root string) store.Store {
+		t.Helper()
+		nixtest.RequireNix(t)
+		for _, kv := range nixtest.Env(t.TempDir()) {
+			k, v, _ := cut(kv)
+			t.Setenv(k, v)
+		}
+		remote := root + "?store=" + string(dir)
+		uri := "ssh://localhost?remote-program=" + url.QueryEscape(program) + "&remote-store=" + url.QueryEscape(remote) + "&store=" + url.QueryEscape(string(dir))
+		st, err := store.Open(context.Background(), uri, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Dir() != dir {
+			t.Fatalf("Dir() = %s, want %s", st.Dir(), dir)
+		}
+		return st
+	}
+}
+
+// The suite with a logical store directory that is not /nix/store, on
+// both ends of the session, against real nix-store --serve and ferry serve.
+func TestConformanceLogicalDir(t *testing.T) {
+	dir := storepath.Dir(filepath.Join(t.TempDir(), "l", "store"))
+	t.Run("nix-store", func(t *testing.T) {
+		open := serveLogical("nix-store", dir)
+		storetest.Run(t, &storetest.Harness{Open: open, Reopen: open, Dir: dir})
+	})
+	t.Run("ferry", func(t *testing.T) {
+		open := serveLogical(nixtest.FerryBin(t), dir)
+		storetest.Run(t, &storetest.Harness{Open: open, Reopen: open, Dir: dir})
+	})
 }

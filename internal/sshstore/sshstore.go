@@ -63,6 +63,11 @@ type Params struct {
 	Compress       bool          // compress: ssh -C
 	HostKey        []byte        // base64-ssh-public-host-key, decoded
 	ConnectTimeout time.Duration // connect-timeout, in seconds
+	// Dir is the logical store directory of the remote store (store=,
+	// else $NIX_STORE_DIR or /nix/store): every path the session names
+	// lies in it, as for Nix's LegacySSHStore, whose storeDir is its own
+	// setting and not the remote's.
+	Dir storepath.Dir
 }
 
 // parseParams reads the URI parameters; unknown ones are reported (Nix
@@ -70,8 +75,12 @@ type Params struct {
 func parseParams(u *store.URI) (*Params, []string, error) {
 	p := &Params{RemoteProgram: "nix-store"}
 	var unknown []string
-	for k, vs := range u.Params {
-		v := vs[len(vs)-1]
+	dir, err := u.StoreDirParam()
+	if err != nil {
+		return nil, nil, err
+	}
+	p.Dir = dir
+	for k, v := range u.Params {
 		switch k {
 		case "remote-program":
 			if v != "" {
@@ -99,9 +108,12 @@ func parseParams(u *store.URI) (*Params, []string, error) {
 				return nil, nil, fmt.Errorf("store URI %q: connect-timeout %q is not a positive number of seconds", u.Raw, v)
 			}
 			p.ConnectTimeout = time.Duration(secs * float64(time.Second))
-		case "max-connections", "path-info-cache-size", "priority", "want-mass-query", "trusted", "system-features", "store", "state", "log", "real", "root":
-			// Settings Nix accepts for an ssh store that change nothing
-			// here (one connection per Store; no path-info cache).
+		case "max-connections", "path-info-cache-size", "priority", "want-mass-query", "trusted", "system-features", "log-fd", "store":
+			// Settings Nix 2.8's LegacySSHStore accepts that change
+			// nothing here: one connection per Store, no path-info
+			// cache, the remote checks its own system features, and
+			// store= is read above. Anything else, a local store's
+			// state= or root= included, gets Nix's warning.
 		default:
 			unknown = append(unknown, k)
 		}
@@ -289,7 +301,7 @@ func Open(ctx context.Context, u *store.URI, opts *store.OpenOptions) (*Store, e
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{uri: u.Raw, host: u.Authority, dir: storepath.DefaultDir, waited: make(chan struct{}), group: isLocal(u.Authority)}
+	s := &Store{uri: u.Raw, host: u.Authority, dir: p.Dir, waited: make(chan struct{}), group: isLocal(u.Authority)}
 	s.stderr = newStderrLog(logw, u.Authority+"> ")
 	// The process is not tied to ctx: the store outlives the call that
 	// opened it, and Close ends the session cleanly.

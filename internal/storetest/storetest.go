@@ -35,6 +35,10 @@ type Harness struct {
 	// Reopen returns another handle on the store at root (after a failed
 	// add ended a remote session, say).
 	Reopen func(t *testing.T, root string) store.Store
+	// Dir is the logical store directory of the stores Open returns
+	// (their URI's store=); "" means /nix/store. Their objects still lie
+	// in root/nix/store, as in a Nix chroot store with store= set.
+	Dir storepath.Dir
 }
 
 // Object is a text object (as builtins.toFile makes it) and its NAR.
@@ -46,8 +50,14 @@ type Object struct {
 // Text makes the text object name with the given contents and references.
 func Text(t testing.TB, name, content string, refs ...storepath.Path) *Object {
 	t.Helper()
+	return TextIn(t, storepath.DefaultDir, name, content, refs...)
+}
+
+// TextIn is Text in the store directory dir.
+func TextIn(t testing.TB, dir storepath.Dir, name, content string, refs ...storepath.Path) *Object {
+	t.Helper()
 	h := hash.SumString(hash.SHA256, content)
-	p, err := storepath.DefaultDir.MakeText(name, h, refs)
+	p, err := dir.MakeText(name, h, refs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,6 +94,23 @@ var comparable = cmp.Options{
 // Run runs the suite.
 func Run(t *testing.T, h *Harness) {
 	ctx := context.Background()
+	dir := h.Dir
+	if dir == "" {
+		dir = storepath.DefaultDir
+	}
+	// nixURI names the store at root for real Nix.
+	nixURI := func(root string) string {
+		if dir == storepath.DefaultDir {
+			return root
+		}
+		return root + "?store=" + string(dir)
+	}
+	// onDisk is where the object of p lies in the store at root.
+	onDisk := func(root string, p storepath.Path) string { return filepath.Join(root, "nix/store", p.Base()) }
+	Text := func(t testing.TB, name, content string, refs ...storepath.Path) *Object {
+		t.Helper()
+		return TextIn(t, dir, name, content, refs...)
+	}
 	dep := Text(t, "dep", "a dependency\n")
 	top := Text(t, "top", "refers to "+string(dep.Info.Path)+"\n", dep.Info.Path)
 	open := func(t *testing.T) (store.Store, string) {
@@ -115,7 +142,7 @@ func Run(t *testing.T, h *Harness) {
 
 	t.Run("empty", func(t *testing.T) {
 		st, _ := open(t)
-		if st.Dir() != storepath.DefaultDir {
+		if st.Dir() != dir {
 			t.Errorf("Dir() = %q", st.Dir())
 		}
 		valid, err := st.QueryValidPaths(ctx, []storepath.Path{dep.Info.Path})
@@ -146,7 +173,7 @@ func Run(t *testing.T, h *Harness) {
 				t.Errorf("NarFromPath(%s) differs from the NAR added", o.Info.Path)
 			}
 		}
-		valid, err := st.QueryValidPaths(ctx, []storepath.Path{top.Info.Path, "/nix/store/00000000000000000000000000000000-none", dep.Info.Path})
+		valid, err := st.QueryValidPaths(ctx, []storepath.Path{top.Info.Path, storepath.Path(dir + "/00000000000000000000000000000000-none"), dep.Info.Path})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -245,19 +272,19 @@ func Run(t *testing.T, h *Harness) {
 		}
 		gc := func() {
 			t.Helper()
-			if _, stderr, err := nixtest.Try(t, nil, "nix-store", "--store", root, "--gc"); err != nil {
+			if _, stderr, err := nixtest.Try(t, nil, "nix-store", "--store", nixURI(root), "--gc"); err != nil {
 				t.Fatalf("nix-store --gc: %v\n%s", err, stderr)
 			}
 		}
 		gc()
 		for _, o := range []*Object{dep, top} {
-			if _, err := os.Stat(filepath.Join(root, string(o.Info.Path))); err != nil {
+			if _, err := os.Stat(onDisk(root, o.Info.Path)); err != nil {
 				t.Errorf("the GC deleted %s while it was locked: %v", o.Info.Path, err)
 			}
 		}
 		st.Close()
 		gc()
-		if _, err := os.Stat(filepath.Join(root, string(top.Info.Path))); err == nil {
+		if _, err := os.Stat(onDisk(root, top.Info.Path)); err == nil {
 			t.Errorf("%s survived a GC after the handle was closed: the lock outlived it", top.Info.Path)
 		}
 	})

@@ -231,7 +231,7 @@ type jsonOutput struct {
 // from env "name"). Output paths may be missing: a fixed output's path is
 // computed from its hash, an input-addressed output without a path becomes
 // Deferred, for FillOutputPaths to compute. Paths lie in the default store
-// directory.
+// directory (ParseJSONIn for another).
 //
 // The version-4 shape of current Nix ("inputs", "name", base-name paths,
 // SRI hashes with "method") is accepted too, except dynamic outputs.
@@ -239,6 +239,12 @@ type jsonOutput struct {
 // Strings go through encoding/json, so bytes that are not UTF-8 (which Nix
 // prints raw) come back as U+FFFD.
 func ParseJSON(data []byte) (*Derivation, error) {
+	return ParseJSONIn(storepath.DefaultDir, data)
+}
+
+// ParseJSONIn is ParseJSON for derivations whose paths lie in store
+// directory dir.
+func ParseJSONIn(dir storepath.Dir, data []byte) (*Derivation, error) {
 	var top map[string]json.RawMessage
 	if err := json.Unmarshal(data, &top); err != nil {
 		return nil, fmt.Errorf("parse derivation JSON: %w", err)
@@ -248,7 +254,7 @@ func ParseJSON(data []byte) (*Derivation, error) {
 	if len(top) == 1 {
 		for k, v := range top {
 			if strings.HasPrefix(k, "/") {
-				p, err := storepath.Parse(k)
+				p, err := dir.Parse(k)
 				if err != nil {
 					return nil, fmt.Errorf("parse derivation JSON: %w", err)
 				}
@@ -263,14 +269,14 @@ func ParseJSON(data []byte) (*Derivation, error) {
 			return nil, fmt.Errorf("parse derivation JSON: %d derivations, want one", len(top))
 		}
 	}
-	d, err := parseJSONBody(body, name)
+	d, err := parseJSONBody(dir, body, name)
 	if err != nil {
 		return nil, fmt.Errorf("parse derivation JSON: %w", err)
 	}
 	return d, nil
 }
 
-func parseJSONBody(data []byte, name string) (*Derivation, error) {
+func parseJSONBody(dir storepath.Dir, data []byte, name string) (*Derivation, error) {
 	var j jsonDrv
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
@@ -284,7 +290,6 @@ func parseJSONBody(data []byte, name string) (*Derivation, error) {
 	if v4 && *j.Version != 4 {
 		return nil, fmt.Errorf("unsupported version %d", *j.Version)
 	}
-	dir := storepath.DefaultDir
 	abs := func(s string) (storepath.Path, error) {
 		if v4 {
 			return dir.Join(s)

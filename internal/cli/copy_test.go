@@ -165,10 +165,12 @@ func TestCopySignatures(t *testing.T) {
 	trustedSecret, trustedPub := genKey(t, "trusted-1")
 	otherSecret, _ := genKey(t, "other-1")
 
+	// dstParams, when set, is the query of the destination's URI.
+	dstParams := ""
 	refused := func(t *testing.T, what string, args ...string) {
 		t.Helper()
 		dst := filepath.Join(t.TempDir(), "dst")
-		args = append(args, "--to", dst, top)
+		args = append(args, "--to", dst+dstParams, top)
 		out, errs, code := ferry(t, nil, args...)
 		if code == 0 {
 			t.Fatalf("%s: ferry %s succeeded\n%s", what, strings.Join(args, " "), errs)
@@ -185,7 +187,7 @@ func TestCopySignatures(t *testing.T) {
 	accepted := func(t *testing.T, what string, args ...string) {
 		t.Helper()
 		dst := filepath.Join(t.TempDir(), "dst")
-		args = append(args, "--to", dst, top)
+		args = append(args, "--to", dst+dstParams, top)
 		if _, errs, code := ferry(t, nil, args...); code != 0 {
 			t.Fatalf("%s: ferry %s: exit %d\n%s", what, strings.Join(args, " "), code, errs)
 		}
@@ -228,6 +230,17 @@ func TestCopySignatures(t *testing.T) {
 	t.Run("require-sigs=false", func(t *testing.T) {
 		copyConfig(t, sigConfig(false, trustedPub))
 		accepted(t, "require-sigs = false", "copy", "--from", src)
+	})
+	// The destination's require-sigs= replaces nix.conf's, as Nix's
+	// LocalStoreConfig setting does.
+	t.Run("store require-sigs", func(t *testing.T) {
+		defer func() { dstParams = "" }()
+		copyConfig(t, sigConfig(true, trustedPub))
+		dstParams = "?require-sigs=false"
+		accepted(t, "dst?require-sigs=false", "copy", "--store", src)
+		copyConfig(t, sigConfig(false, trustedPub))
+		dstParams = "?require-sigs=true"
+		refused(t, "dst?require-sigs=true", "copy", "--store", src)
 	})
 
 	// Signed by the trusted key too.

@@ -10,12 +10,21 @@ import (
 )
 
 // signatureCheck returns the check a copy into dst must make of each path:
-// a path copied into a local store with require-sigs set (Nix's default) must be content-addressed or carry
-// a valid signature by one of the trusted-public-keys, as Nix 2.8's
-// LocalStore::addToStore requires (src/libstore/local-store.cc,
-// pathInfoIsUntrusted). Its message is Nix's.
+// a path copied into a local store with require-sigs set (Nix's default;
+// the store URI's require-sigs= overrides nix.conf's) must be
+// content-addressed or carry a valid signature by one of the
+// trusted-public-keys, as Nix 2.8's LocalStore::addToStore requires
+// (src/libstore/local-store.cc, pathInfoIsUntrusted). Its message is Nix's.
 func signatureCheck(dst store.Store, conf *settings.Settings, noCheck bool) (func(*store.PathInfo) error, error) {
-	if _, local := dst.(*localstore.Store); !local || noCheck || !conf.RequireSigs {
+	local, ok := dst.(*localstore.Store)
+	if !ok || noCheck {
+		return nil, nil
+	}
+	require := conf.RequireSigs
+	if r := local.RequireSigs(); r != nil {
+		require = *r
+	}
+	if !require {
 		return nil, nil
 	}
 	keys, err := conf.PublicKeys()

@@ -87,9 +87,14 @@ func (e *wireError) Unwrap() error { return e.err }
 // too large for type 'T'".
 func nixError(err error) error {
 	var re *wire.RangeError
+	var relayed *relayError
 	switch {
 	case err == nil:
 		return nil
+	case errors.As(err, &relayed):
+		// The far store's failure (NewRelayBackend), which names it: an
+		// end of file there is not the client's.
+		return err
 	case errors.Is(err, io.ErrUnexpectedEOF):
 		return &wireError{"unexpected end-of-file", err}
 	case errors.Is(err, wire.ErrPadding):

@@ -628,3 +628,92 @@ func rlTopo(infos []*store.PathInfo) ([]*store.PathInfo, error) {
 	}
 	return out, nil
 }
+
+// TestRelayBuildPaths: BuildPaths through a relay with --write builds on
+// the far store (the outputs land there, the log reaches the relay's
+// stderr) and reports a failure in band with the far builder's message;
+// without --write the relay refuses it with Nix's message and exit status,
+// and nothing is built.
+//
+// One difference remains: Nix's relay passes on the far exit status of a
+// failed BuildPaths (100 for a builder failure) and ferry's answers 1, as
+// the ssh store reports one MiscFailure per path.
+func TestRelayBuildPaths(t *testing.T) {
+	nixtest.RequireNix(t)
+	ferry := ferryBin(t)
+	env := nixtest.Env(t.TempDir())
+	system := strings.Trim(runTool(t, env, "nix-instantiate", "--eval", "--expr", "builtins.currentSystem"), "\"\n")
+	expr := filepath.Join(t.TempDir(), "relay.nix")
+	os.WriteFile(expr, []byte(rlBuildNix), 0o644)
+	type result struct {
+		status   uint64
+		message  string
+		built    bool
+		readOnly string // stderr of the read-only relay
+		roExit   int
+		roBuilt  bool
+	}
+	results := map[string]result{}
+	for _, k := range rlKinds(ferry) {
+		var r result
+		dir := filepath.Join(t.TempDir(), "far")
+		top := strings.TrimSpace(runTool(t, env, "nix-instantiate", "--store", dir, "--argstr", "system", system, "-A", "top", expr))
+		fail := strings.TrimSpace(runTool(t, env, "nix-instantiate", "--store", dir, "--argstr", "system", system, "-A", "fail", expr))
+		out := strings.TrimSpace(runTool(t, env, "nix-store", "--store", dir, "-q", "--outputs", top))
+		ctx := context.Background()
+
+		// Read-only first: nothing may be built.
+		s := rlStart(t, env, k.relay, "--serve", "--store", rlFarURI(k.far, dir))
+		if _, err := s.c.BuildPaths(ctx, []DerivedPath{{Path: storepath.Path(top), Outputs: []string{"out"}}}, nil); err == nil {
+			t.Errorf("%s relay without --write: BuildPaths succeeded", k.name)
+		}
+		s.stdin.Close()
+		s.cmd.Wait()
+		r.readOnly, r.roExit = s.stderr.String(), s.cmd.ProcessState.ExitCode()
+		_, err := os.Lstat(filepath.Join(dir, out))
+		r.roBuilt = err == nil
+
+		s = rlStart(t, env, k.relay, "--serve", "--write", "--store", rlFarURI(k.far, dir))
+		rep, err := s.c.BuildPaths(ctx, []DerivedPath{{Path: storepath.Path(top), Outputs: []string{"out"}}}, nil)
+		if err != nil || rep.Status != 0 {
+			t.Fatalf("%s relay: BuildPaths of %s: %+v, %v\n%s", k.name, top, rep, err, s.stderr)
+		}
+		_, err = os.Lstat(filepath.Join(dir, out))
+		r.built = err == nil
+		rep, err = s.c.BuildPaths(ctx, []DerivedPath{{Path: storepath.Path(fail), Outputs: []string{"out"}}}, nil)
+		if err != nil {
+			t.Fatalf("%s relay: BuildPaths of %s: %v\n%s", k.name, fail, err, s.stderr)
+		}
+		r.status, r.message = rep.Status, rep.Message
+		s.end(t)
+		if log := rlLines(s.stderr.String(), nil); !slicesContains(log, "building top") || !slicesContains(log, "oops") {
+			t.Errorf("%s relay: build logs missing from its stderr: %q", k.name, log)
+		}
+		results[k.name] = r
+	}
+	n, f := results["nix"], results["ferry"]
+	t.Logf("nix's relay: %+v\nferry's relay: %+v", n, f)
+	if !n.built || !f.built {
+		t.Errorf("BuildPaths through the relay did not build on the far store: nix %v, ferry %v", n.built, f.built)
+	}
+	if n.roBuilt || f.roBuilt {
+		t.Errorf("a read-only relay built: nix %v, ferry %v", n.roBuilt, f.roBuilt)
+	}
+	if n.readOnly != f.readOnly || n.roExit != f.roExit || n.roExit != 1 || !strings.Contains(n.readOnly, "error: building paths is not allowed") {
+		t.Errorf("read-only refusal: nix %d %q, ferry %d %q", n.roExit, n.readOnly, f.roExit, f.readOnly)
+	}
+	if n.status == 0 || f.status == 0 {
+		t.Errorf("a failed build reported success: nix %d, ferry %d", n.status, f.status)
+	}
+	// Both relays wrap the far message once more ("error: error: ..."),
+	// Nix's as Error::msg() renders it; the far builder's words agree but
+	// for the path's colour and ferry's log tail.
+	plain := func(s string) string {
+		s = regexp.MustCompile("\x1b\\[[0-9;]*m").ReplaceAllString(s, "")
+		s, _, _ = strings.Cut(s, ";\n")
+		return s
+	}
+	if plain(n.message) != plain(f.message) || !strings.HasPrefix(plain(n.message), "error: error: builder for ") {
+		t.Errorf("failure message:\n nix   %q\n ferry %q", n.message, f.message)
+	}
+}

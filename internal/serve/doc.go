@@ -13,7 +13,9 @@
 //     length and count it reads before allocating.
 //   - Server: one protocol session over an io.Reader and io.Writer, on top of
 //     a Backend (a store.Store that can also add temp roots, compute closures
-//     and build; internal/localserve makes one of the local store).
+//     and build; internal/localserve makes one of the local store, and
+//     NewRelayBackend one of any other store, such as an ssh store, so that
+//     a session relays to it: docs/protocol.md §12).
 //   - Client: the other end, with every call taking a context. Its bulk
 //     operations pipeline (docs/protocol.md §11): AddToStoreNars,
 //     ImportPaths and DumpStorePaths send all their requests without waiting

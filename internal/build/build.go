@@ -120,6 +120,11 @@ type builder struct {
 	// limit or a cancellation): Nix's DerivationGoal::buildDone counts
 	// such a run in timesBuilt whether the build then succeeds or fails.
 	ran bool
+	// finals and finalLocks are, after runBuilder of a floating
+	// content-addressed derivation, its outputs' final paths and their
+	// locks (checkFloatingOutputs).
+	finals     map[string]storepath.Path
+	finalLocks lockSet
 }
 
 // name is how Nix's messages name the goal (DerivationGoal::name).
@@ -139,11 +144,24 @@ func (b *builder) buildable() (store.BuildStatus, string) {
 	if err != nil {
 		return store.MiscFailure, fmt.Sprintf("derivation '%s': %v", b.drvPath, err)
 	}
-	if typ != derivation.TypeInputAddressed && typ != derivation.TypeFixed {
-		return store.MiscFailure, fmt.Sprintf("cannot build derivation '%s': ferry builds only input-addressed and fixed-output derivations", b.drvPath)
-	}
-	if outs := d.OutputPaths(); len(outs) == 0 || len(outs) != len(d.Outputs) {
-		return store.MiscFailure, fmt.Sprintf("derivation '%s' has outputs without paths", b.drvPath)
+	switch typ {
+	case derivation.TypeInputAddressed, derivation.TypeFixed:
+		if outs := d.OutputPaths(); len(outs) == 0 || len(outs) != len(d.Outputs) {
+			return store.MiscFailure, fmt.Sprintf("derivation '%s' has outputs without paths", b.drvPath)
+		}
+	case derivation.TypeFloating:
+		// Nix 2.8 refuses to read such a derivation without the feature
+		// (parseDerivationOutput).
+		if err := b.s.RequireFeature(settings.CADerivations); err != nil {
+			return store.MiscFailure, err.Error()
+		}
+		if len(d.InputDrvs) > 0 {
+			return store.MiscFailure, fmt.Sprintf("cannot build derivation '%s': it must be resolved first", b.drvPath)
+		}
+	case derivation.TypeDeferred:
+		return store.MiscFailure, fmt.Sprintf("cannot build derivation '%s': its outputs are deferred and it has no inputs to resolve them", b.drvPath)
+	default:
+		return store.MiscFailure, fmt.Sprintf("cannot build derivation '%s': ferry builds only input-addressed, fixed-output and floating content-addressed derivations", b.drvPath)
 	}
 	if strings.HasPrefix(d.Builder, "builtin:") {
 		return store.MiscFailure, fmt.Sprintf("cannot build derivation '%s': unsupported builtin builder '%s'", b.drvPath, d.Builder)
@@ -188,6 +206,19 @@ func (b *builder) prepare(ctx context.Context) (closure []storepath.Path, status
 // anything else is reported through status and msg.
 func (b *builder) run(ctx context.Context, res *store.BuildResult) (store.BuildStatus, string, error) {
 	st := b.st
+	if typ, err := b.drv.Type(); err == nil {
+		if typ == derivation.TypeFloating || typ == derivation.TypeDeferred {
+			if err := b.s.RequireFeature(settings.CADerivations); err != nil {
+				return store.MiscFailure, err.Error(), nil
+			}
+		}
+		if needsResolve(b.drv) {
+			return b.runResolved(ctx, res)
+		}
+		if typ == derivation.TypeFloating {
+			return b.runFloating(ctx, res)
+		}
+	}
 	closure, status, msg, err := b.prepare(ctx)
 	if err != nil || msg != "" {
 		return status, msg, err
@@ -217,6 +248,9 @@ func (b *builder) run(ctx context.Context, res *store.BuildResult) (store.BuildS
 	}
 	res.BuiltOutputs = outs
 	if len(valid) == len(outPaths) {
+		if err := b.staticRealisations(ctx, outs); err != nil {
+			return 0, "", err
+		}
 		locks.SetDeletion(true)
 		return store.AlreadyValid, "", nil
 	}
@@ -249,6 +283,9 @@ func (b *builder) run(ctx context.Context, res *store.BuildResult) (store.BuildS
 			storefs.Delete(p)
 		}
 		return 0, "", fmt.Errorf("register outputs of '%s': %w", b.drvPath, err)
+	}
+	if err := b.staticRealisations(ctx, outs); err != nil {
+		return 0, "", err
 	}
 	locks.SetDeletion(true)
 	return store.Built, "", nil
@@ -453,7 +490,12 @@ func (b *builder) runBuilder(ctx context.Context, outs map[string]storepath.Path
 		}
 		return fail(status, msg)
 	}
-	infos, err := checkOutputs(ctx, st, b.drvPath, d, outs, closure)
+	var infos []*store.PathInfo
+	if typ == derivation.TypeFloating {
+		infos, b.finals, b.finalLocks, err = checkFloatingOutputs(ctx, st, b.drvPath, d, outs, closure)
+	} else {
+		infos, err = checkOutputs(ctx, st, b.drvPath, d, outs, closure)
+	}
 	if err != nil {
 		var oe *outputError
 		if errors.As(err, &oe) {

@@ -49,7 +49,6 @@ func checkOutputs(ctx context.Context, st *localstore.Store, drvPath storepath.P
 	for h := range byHash {
 		parts = append(parts, h)
 	}
-	uid := os.Geteuid()
 	infos := map[string]*store.PathInfo{}
 	for _, name := range d.OutputNames() {
 		if err := ctx.Err(); err != nil {
@@ -58,18 +57,8 @@ func checkOutputs(ctx context.Context, st *localstore.Store, drvPath storepath.P
 		o := d.Outputs[name]
 		p := outs[name]
 		real := st.RealPath(p)
-		fi, err := os.Lstat(real)
+		fi, err := checkOutputFile(drvPath, name, real)
 		if err != nil {
-			return nil, rejectf("builder for '%s' failed to produce output path for output '%s' at '%s'", drvPath, name, real)
-		}
-		if fi.Mode()&os.ModeSymlink == 0 {
-			// Nix's check against a builder leaving a writable output
-			// that someone else could change before registration.
-			if fi.Mode().Perm()&0o022 != 0 || (uid != 0 && statUID(fi) != uid) {
-				return nil, rejectf("suspicious ownership or permission on '%s'; rejecting this build output", real)
-			}
-		}
-		if err := storefs.Canonicalise(real, false); err != nil {
 			return nil, err
 		}
 		info := &store.PathInfo{Path: p, Deriver: drvPath, Ultimate: true}
@@ -151,6 +140,27 @@ func checkOutputs(ctx context.Context, st *localstore.Store, drvPath storepath.P
 		list = append(list, byPath[p])
 	}
 	return list, nil
+}
+
+// checkOutputFile checks that the builder made output name at real and
+// that no one else could have changed it, then canonicalises it (the
+// first steps of Nix's registerOutputs for each output).
+func checkOutputFile(drvPath storepath.Path, name, real string) (os.FileInfo, error) {
+	fi, err := os.Lstat(real)
+	if err != nil {
+		return nil, rejectf("builder for '%s' failed to produce output path for output '%s' at '%s'", drvPath, name, real)
+	}
+	if fi.Mode()&os.ModeSymlink == 0 {
+		// Nix's check against a builder leaving a writable output
+		// that someone else could change before registration.
+		if uid := os.Geteuid(); fi.Mode().Perm()&0o022 != 0 || (uid != 0 && statUID(fi) != uid) {
+			return nil, rejectf("suspicious ownership or permission on '%s'; rejecting this build output", real)
+		}
+	}
+	if err := storefs.Canonicalise(real, false); err != nil {
+		return nil, err
+	}
+	return fi, nil
 }
 
 // checkReferenceRules enforces allowedReferences, allowedRequisites,

@@ -282,7 +282,11 @@ func finishOutput(ctx context.Context, st *localstore.Store, ro *repairOutput, r
 			return fmt.Errorf("repair '%s': %w", ro.final, err)
 		}
 	} else {
-		h, n, err := rewriteTree(src, ro.tmp, ros)
+		pairs := make([][2]string, 0, len(ros))
+		for _, o := range ros {
+			pairs = append(pairs, [2]string{o.scratch.HashPart(), o.final.HashPart()})
+		}
+		h, n, err := rewriteTree(src, ro.tmp, pairs)
 		if err != nil {
 			return fmt.Errorf("repair '%s': rewrite hashes: %w", ro.final, err)
 		}
@@ -299,18 +303,18 @@ func finishOutput(ctx context.Context, st *localstore.Store, ro *repairOutput, r
 	return storefs.Canonicalise(ro.tmp, true)
 }
 
-// rewriteTree restores the NAR of src at dst with every scratch hash part
-// replaced by its final one, and returns the rewritten NAR's SHA-256 and
-// size. Hash parts all have the same length, so the NAR's framing stays
-// intact.
-func rewriteTree(src, dst string, ros []*repairOutput) (hash.Hash, uint64, error) {
+// rewriteTree restores the NAR of src at dst with every hash part
+// pairs[i][0] replaced by pairs[i][1], in order, and returns the rewritten
+// NAR's SHA-256 and size. Hash parts all have the same length, so the
+// NAR's framing stays intact.
+func rewriteTree(src, dst string, pairs [][2]string) (hash.Hash, uint64, error) {
 	pr, pw := io.Pipe()
 	sum := sha256.New()
 	var size countWriter
 	var w io.Writer = io.MultiWriter(pw, sum, &size)
 	var chain []*hashRewriter
-	for i := len(ros) - 1; i >= 0; i-- {
-		rw := &hashRewriter{w: w, from: []byte(ros[i].scratch.HashPart()), to: []byte(ros[i].final.HashPart())}
+	for i := len(pairs) - 1; i >= 0; i-- {
+		rw := &hashRewriter{w: w, from: []byte(pairs[i][0]), to: []byte(pairs[i][1])}
 		chain = append([]*hashRewriter{rw}, chain...)
 		w = rw
 	}
@@ -342,10 +346,15 @@ func rewriteTree(src, dst string, ros []*repairOutput) (hash.Hash, uint64, error
 // the whole text: left to right, never matching inside a replacement. It
 // holds back len(from)-1 bytes that may begin an occurrence; Flush writes
 // them.
+//
+// It also records the stream offset of every occurrence in matches, as
+// Nix's RewritingSink does (HashModuloSink hashes them).
 type hashRewriter struct {
 	w        io.Writer
 	from, to []byte
 	buf      []byte
+	pos      uint64   // stream offset of buf[0]
+	matches  []uint64 // offsets of the occurrences replaced so far
 }
 
 func (r *hashRewriter) Write(p []byte) (int, error) {
@@ -356,6 +365,7 @@ func (r *hashRewriter) Write(p []byte) (int, error) {
 		if j < 0 {
 			break
 		}
+		r.matches = append(r.matches, r.pos+uint64(end+j))
 		copy(r.buf[end+j:], r.to)
 		end += j + len(r.from)
 	}
@@ -364,6 +374,7 @@ func (r *hashRewriter) Write(p []byte) (int, error) {
 		if _, err := r.w.Write(r.buf[:n]); err != nil {
 			return 0, err
 		}
+		r.pos += uint64(n)
 		r.buf = append(r.buf[:0], r.buf[n:]...)
 	}
 	return len(p), nil
@@ -375,6 +386,7 @@ func (r *hashRewriter) Flush() error {
 		return nil
 	}
 	_, err := r.w.Write(r.buf)
+	r.pos += uint64(len(r.buf))
 	r.buf = r.buf[:0]
 	return err
 }

@@ -69,7 +69,11 @@ const maxSchemaFile = 64
 // there is none. Like Nix's getSchema the whole file must be a decimal
 // integer (no newline); anything else is "corrupt".
 func ReadSchemaFile(dbDir string) (int, error) {
-	p := filepath.Join(dbDir, "schema")
+	return readVersionFile(filepath.Join(dbDir, "schema"))
+}
+
+// readVersionFile is Nix's getSchema on the file p.
+func readVersionFile(p string) (int, error) {
 	f, err := os.Open(p)
 	if errors.Is(err, os.ErrNotExist) {
 		return 0, nil

@@ -121,6 +121,40 @@ type Settings struct {
 	// name without a slash is looked up on PATH (Nix runs it with
 	// execvp). Default "".
 	PostBuildHook string
+
+	// ExperimentalFeatures is experimental-features: the names of the
+	// experimental features that are on, as written. Default none. ferry
+	// acts on "ca-derivations" (Enabled, RequireFeature).
+	ExperimentalFeatures []string
+}
+
+// CADerivations is the experimental feature of content-addressed
+// derivations (Nix 2.8's Xp::CaDerivations).
+const CADerivations = "ca-derivations"
+
+// Enabled reports whether the experimental feature name is on.
+func (s *Settings) Enabled(feature string) bool {
+	for _, f := range s.ExperimentalFeatures {
+		if f == feature {
+			return true
+		}
+	}
+	return false
+}
+
+// RequireFeature returns Nix 2.8's MissingExperimentalFeature error
+// (src/libutil/experimental-features.cc@2.8.0) unless feature is on.
+func (s *Settings) RequireFeature(feature string) error {
+	if s.Enabled(feature) {
+		return nil
+	}
+	return MissingFeatureError(feature)
+}
+
+// MissingFeatureError is Nix 2.8's message for a disabled experimental
+// feature.
+func MissingFeatureError(feature string) error {
+	return fmt.Errorf("experimental Nix feature '%s' is disabled; use '--extra-experimental-features %s' to override", feature, feature)
 }
 
 // DefaultTrustedPublicKey is the default of trusted-public-keys in Nix
@@ -388,6 +422,8 @@ func (s *Settings) Set(name, value string) error {
 		if !extra {
 			s.PostBuildHook = value
 		}
+	case "experimental-features":
+		list(&s.ExperimentalFeatures)
 	}
 	return err
 }

@@ -253,3 +253,27 @@ func TestPublicKeys(t *testing.T) {
 		t.Error("missing secret key file: no error")
 	}
 }
+
+func TestExperimentalFeatures(t *testing.T) {
+	s := Default()
+	if s.Enabled(CADerivations) {
+		t.Fatal("ca-derivations on by default")
+	}
+	err := s.RequireFeature(CADerivations)
+	want := "experimental Nix feature 'ca-derivations' is disabled; use '--extra-experimental-features ca-derivations' to override"
+	if err == nil || err.Error() != want {
+		t.Fatalf("RequireFeature = %v, want %q", err, want)
+	}
+	if err := s.Parse([]byte("experimental-features = nix-command\nextra-experimental-features = ca-derivations\n"), "test", ""); err != nil {
+		t.Fatal(err)
+	}
+	if !s.Enabled(CADerivations) || !s.Enabled("nix-command") || s.RequireFeature(CADerivations) != nil {
+		t.Fatalf("features %v", s.ExperimentalFeatures)
+	}
+	if err := s.Set("experimental-features", "flakes"); err != nil {
+		t.Fatal(err)
+	}
+	if s.Enabled(CADerivations) {
+		t.Fatalf("experimental-features did not replace the list: %v", s.ExperimentalFeatures)
+	}
+}

@@ -1,0 +1,1 @@
+insert or replace into RealisationsRefs (referrer, realisationReference) values ((select id from Realisations where drvPath = ? and outputName = ?), (select id from Realisations where drvPath = ? and outputName = ?));

@@ -1,0 +1,1 @@
+select drvPath, outputName from Realisations join RealisationsRefs on realisationReference = Realisations.id where referrer = ?;

@@ -1,0 +1,1 @@
+update Realisations set signatures = ? where drvPath = ? and outputName = ?;

@@ -107,6 +107,16 @@ func drive(ctx context.Context, st *localstore.Store, drvPath storepath.Path, d 
 	if !status.Success() {
 		res.BuiltOutputs = nil
 	}
+	// The post-build hook runs once the outputs are registered, and its
+	// failure fails the build but leaves them valid (hook.go).
+	if status == store.Built {
+		if err := b.postBuildHook(ctx, res.BuiltOutputs); err != nil {
+			res.Status = store.MiscFailure
+			res.ErrorMsg = err.Error()
+			res.BuiltOutputs = nil
+			return res, err
+		}
+	}
 	return res, nil
 }
 

@@ -20,8 +20,9 @@ import (
 // every derivation that depends on it DependencyFailed.
 //
 // The results hold every derivation visited. The error is non-nil only
-// when ctx ended or the store failed; builds that failed are reported in
-// the results. With more than one job, each log line is prefixed with the
+// when ctx ended, the store failed or a post-build hook failed (a
+// *HookError, as Nix's worker stops: no further build starts); builds
+// that failed are reported in the results. With more than one job, each log line is prefixed with the
 // derivation's name, as Nix does.
 func BuildGraph(ctx context.Context, st *localstore.Store, roots []storepath.Path, jobs int, opts *Options) (map[storepath.Path]*store.BuildResult, error) {
 	if opts == nil {

@@ -2,6 +2,7 @@ package localserve
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 
@@ -36,14 +37,28 @@ func (b *localBuilder) opts(bs *store.BuildSettings, log io.Writer, inMemory boo
 	if bs != nil {
 		client = *bs
 	}
-	return &build.Options{Settings: build.WithBuildSettings(b.s, client), Log: log, InMemory: inMemory, AutoGC: b.autoGC}
+	// The session's log is at Nix's serve verbosity (build.QuietLog).
+	return &build.Options{Settings: build.WithBuildSettings(b.s, client), Log: build.QuietLog(log), InMemory: inMemory, AutoGC: b.autoGC}
 }
 
 // BuildDerivation mirrors cmdBuildDerivation: the derivation arrived in
 // memory, its .drv need not exist, only its inputs must be valid.
 func (b *localBuilder) BuildDerivation(ctx context.Context, drvPath storepath.Path, drv *derivation.Derivation, bs *store.BuildSettings, log io.Writer) (*store.BuildResult, error) {
-	return build.Build(ctx, b.st, drvPath, drv, b.opts(bs, log, true))
+	res, err := build.Build(ctx, b.st, drvPath, drv, b.opts(bs, log, true))
+	var hook *build.HookError
+	if errors.As(err, &hook) {
+		// Nix 2.8's Store::buildDerivation (src/libstore/build/
+		// entry-points.cc@2.8.0) catches the hook's error and replies
+		// with a new result: MiscFailure, the error as Nix prints it
+		// ("error: " in red first), no times and no outputs. The
+		// outputs stay valid.
+		return &store.BuildResult{Status: store.MiscFailure, ErrorMsg: hookErrorPrefix + hook.Msg}, nil
+	}
+	return res, err
 }
+
+// hookErrorPrefix is how Nix's Error::msg() begins (showErrorInfo).
+const hookErrorPrefix = "\x1b[31;1merror:\x1b[0m "
 
 // BuildPaths mirrors cmdBuildPaths: each derivation present in the store
 // is realised with its dependencies; an opaque path must be valid.

@@ -553,6 +553,11 @@ func checkFloatingOutputs(ctx context.Context, st *localstore.Store, drvPath sto
 			return nil, nil, nil, err
 		}
 		tmp := fo.real + ".tmp"
+		if info.Path != fo.scratch {
+			if _, err := storefs.Delete(fo.real); err != nil {
+				return nil, nil, nil, err
+			}
+		}
 		if valid {
 			storefs.Delete(tmp)
 		} else if info.Path != fo.scratch {
@@ -616,7 +621,18 @@ func finishFloating(ctx context.Context, st *localstore.Store, drvPath storepath
 		}
 	}
 	storepath.Sort(refs)
-	final, err := st.Dir().MakeFixedOutput(storepath.OutputPathName(d.Name, fo.name), fo.o.Method, got, refs, self)
+	// Nix 2.8's makeFixedOutputPath only puts references and self into
+	// a recursive SHA-256 path ("source:"); otherwise it asserts there are
+	// no references and ignores self, while the registered references
+	// still include the path itself (store-api.cc@2.8.0).
+	pathSelf := self
+	if fo.o.Method != storepath.Recursive || fo.o.HashAlgo != hash.SHA256 {
+		if len(refs) > 0 {
+			return nil, rejectf("output '%s' of '%s' refers to other store paths, which a %s output can't (Nix 2.8 asserts this)", fo.name, drvPath, fo.o.MethodAlgo())
+		}
+		pathSelf = false
+	}
+	final, err := st.Dir().MakeFixedOutput(storepath.OutputPathName(d.Name, fo.name), fo.o.Method, got, refs, pathSelf)
 	if err != nil {
 		return nil, err
 	}

@@ -44,6 +44,13 @@ func (b *localBuilder) opts(bs *store.BuildSettings, log io.Writer, inMemory boo
 // BuildDerivation mirrors cmdBuildDerivation: the derivation arrived in
 // memory, its .drv need not exist, only its inputs must be valid.
 func (b *localBuilder) BuildDerivation(ctx context.Context, drvPath storepath.Path, drv *derivation.Derivation, bs *store.BuildSettings, log io.Writer) (*store.BuildResult, error) {
+	// Nix 2.8 reads a floating CA output only with ca-derivations on
+	// (parseDerivationOutput); without it the error ends the session.
+	if typ, err := drv.Type(); err == nil && typ == derivation.TypeFloating {
+		if err := b.s.RequireFeature(settings.CADerivations); err != nil {
+			return nil, err
+		}
+	}
 	res, err := build.Build(ctx, b.st, drvPath, drv, b.opts(bs, log, true))
 	var hook *build.HookError
 	if errors.As(err, &hook) {

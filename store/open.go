@@ -121,8 +121,9 @@ func Register(scheme string, open Opener) {
 }
 
 // Open opens the store that uri names with the implementation registered
-// for its scheme. The caller closes it.
+// for its scheme; "" and "auto" mean DefaultURI's. The caller closes it.
 func Open(ctx context.Context, uri string, opts *OpenOptions) (Store, error) {
+	uri, _ = DefaultURI(uri)
 	u, err := ParseURI(uri)
 	if err != nil {
 		return nil, err
@@ -180,7 +181,7 @@ func (u *URI) StoreDirParam() (storepath.Dir, error) {
 	if v, ok := u.Params["store"]; ok {
 		p, err := AbsPathParam("store", v)
 		if err != nil {
-			return "", fmt.Errorf("store URI %q: %w", u.Raw, err)
+			return "", err
 		}
 		return storepath.Dir(p), nil
 	}
@@ -189,13 +190,29 @@ func (u *URI) StoreDirParam() (storepath.Dir, error) {
 
 // AbsPathParam checks and cleans the path a setting or URI parameter
 // called name gives, as Nix's PathSetting does (canonPath): it must be
-// absolute and not empty.
+// absolute and not empty. The errors are Nix's words.
 func AbsPathParam(name, v string) (string, error) {
 	if v == "" {
 		return "", fmt.Errorf("setting '%s' cannot be empty", name)
 	}
 	if !strings.HasPrefix(v, "/") {
-		return "", fmt.Errorf("setting '%s': not an absolute path: '%s'", name, v)
+		return "", fmt.Errorf("not an absolute path: '%s'", v)
 	}
 	return path.Clean(v), nil
+}
+
+// DefaultURI is the store URI to use for uri: uri itself, unless it is ""
+// or "auto", which mean $FERRY_STORE, else $NIX_REMOTE (Nix's default
+// store-uri, src/libstore/globals.cc@2.8.0), else "auto". why names the
+// variable that decided, "" if none did.
+func DefaultURI(uri string) (resolved, why string) {
+	if uri != "" && uri != "auto" {
+		return uri, ""
+	}
+	for _, k := range []string{"FERRY_STORE", "NIX_REMOTE"} {
+		if v := os.Getenv(k); v != "" && v != "auto" {
+			return v, k + "=" + v
+		}
+	}
+	return uri, ""
 }

@@ -61,6 +61,12 @@ func (b *localBuilder) BuildDerivation(ctx context.Context, drvPath storepath.Pa
 		// outputs stay valid.
 		return &store.BuildResult{Status: store.MiscFailure, ErrorMsg: hookErrorPrefix + hook.Msg}, nil
 	}
+	if err == nil && res.Status == store.InputRejected {
+		// Nix throws a plain Error for a platform or features it lacks
+		// (LocalDerivationGoal::startBuilder@2.8.0), which the same
+		// catch turns into MiscFailure with the error as printed.
+		return &store.BuildResult{Status: store.MiscFailure, ErrorMsg: hookErrorPrefix + res.ErrorMsg}, nil
+	}
 	return res, err
 }
 

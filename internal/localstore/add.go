@@ -294,7 +294,7 @@ func (s *Store) readDerivation(p storepath.Path) (*derivation.Derivation, error)
 	if err != nil {
 		return nil, err
 	}
-	return derivation.Parse(data, name)
+	return derivation.ParseIn(s.Dir(), data, name)
 }
 
 // ReadDerivation returns the parsed derivation stored at the valid path p.

@@ -15,6 +15,7 @@ import (
 	"ferry/store"
 
 	"github.com/google/go-cmp/cmp"
+	"golang.org/x/sys/unix"
 )
 
 func narOf(t testing.TB, content string) []byte {
@@ -186,7 +187,7 @@ func TestInvalidatePath(t *testing.T) {
 }
 
 func TestResolve(t *testing.T) {
-	for _, k := range []string{"FERRY_STORE", "NIX_STORE_DIR", "NIX_STORE", "NIX_STATE_DIR", "NIX_LOG_DIR"} {
+	for _, k := range []string{"FERRY_STORE", "NIX_REMOTE", "NIX_STORE_DIR", "NIX_STORE", "NIX_STATE_DIR", "NIX_LOG_DIR"} {
 		t.Setenv(k, "")
 		os.Unsetenv(k)
 	}
@@ -231,13 +232,13 @@ func TestResolve(t *testing.T) {
 	}
 	for uri, msg := range map[string]string{
 		"foo":                        "don't know how to open Nix store 'foo'",
-		"/r?store=rel":               "setting 'store': not an absolute path: 'rel'",
+		"/r?store=rel":               "not an absolute path: 'rel'",
 		"/r?state=":                  "setting 'state' cannot be empty",
 		"/r?require-sigs=maybe":      "Boolean setting 'require-sigs' has invalid value 'maybe'",
 		"/r?priority=high":           "setting 'priority' has invalid value 'high'",
 		"ssh://host":                 "not a local store",
 		"local?store=/a%2":           "invalid URI parameter",
-		"/r?store=/nix/store&real=x": "setting 'real': not an absolute path: 'x'",
+		"/r?store=/nix/store&real=x": "not an absolute path: 'x'",
 	} {
 		if _, err := ResolveString(uri); err == nil || !strings.Contains(err.Error(), msg) {
 			t.Errorf("Resolve(%q): %v, want %q", uri, err, msg)
@@ -261,10 +262,17 @@ func TestResolve(t *testing.T) {
 		t.Errorf("/r with NIX_*_DIR (-want +got):\n%s", diff)
 	}
 	// With no --store: the store with no root if its state directory is
-	// writable, else the per-user store.
+	// named, as Nix's; else the default one if writable, else the
+	// per-user store.
 	r, err = ResolveString("")
 	fatalIf(t, err)
-	if r.Layout.Root != "/xdg/ferry" || !strings.Contains(r.Why, "/e/state is not writable") {
+	if r.Layout.Root != "" || r.Layout.StateDir != "/e/state" {
+		t.Errorf("default with NIX_STATE_DIR: %+v", r)
+	}
+	os.Unsetenv("NIX_STATE_DIR")
+	r, err = ResolveString("")
+	fatalIf(t, err)
+	if unix.Access("/nix/var/nix", unix.R_OK|unix.W_OK) != nil && (r.Layout.Root != "/xdg/ferry" || !strings.Contains(r.Why, "/nix/var/nix is not writable")) {
 		t.Errorf("default with an unwritable state dir: %+v", r)
 	}
 	state := t.TempDir()
@@ -279,6 +287,15 @@ func TestResolve(t *testing.T) {
 	fatalIf(t, err)
 	if r.Layout.Root != "/env/store" || r.Layout.Dir != "/x" || r.Why != "FERRY_STORE=/env/store?store=/x" {
 		t.Errorf("FERRY_STORE: %+v", r)
+	}
+	// NIX_REMOTE is Nix's default store URI; FERRY_STORE comes first.
+	t.Setenv("NIX_REMOTE", "local?root=/nr")
+	if r, err = ResolveString(""); err != nil || r.Layout.Root != "/env/store" {
+		t.Errorf("FERRY_STORE and NIX_REMOTE: %+v, %v", r, err)
+	}
+	os.Unsetenv("FERRY_STORE")
+	if r, err = ResolveString("auto"); err != nil || r.Layout.Root != "/nr" || r.Why != "NIX_REMOTE=local?root=/nr" {
+		t.Errorf("NIX_REMOTE: %+v, %v", r, err)
 	}
 }
 

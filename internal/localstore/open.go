@@ -50,8 +50,10 @@ type Resolved struct {
 	Warnings []string
 }
 
-// ResolveString is Resolve for a URI not parsed yet.
+// ResolveString is Resolve for a URI not parsed yet, "" and "auto" being
+// store.DefaultURI's.
 func ResolveString(uri string) (*Resolved, error) {
+	uri, why := store.DefaultURI(uri)
 	u, err := store.ParseURI(uri)
 	if err != nil {
 		return nil, err
@@ -59,7 +61,11 @@ func ResolveString(uri string) (*Resolved, error) {
 	if u.Scheme != "local" {
 		return nil, fmt.Errorf("store %q is not a local store", uri)
 	}
-	return Resolve(u)
+	r, err := Resolve(u)
+	if err == nil && why != "" {
+		r.Why = why
+	}
+	return r, err
 }
 
 // Resolve reads a local store URI as Nix 2.8's openStore and
@@ -67,11 +73,12 @@ func ResolveString(uri string) (*Resolved, error) {
 //
 //   - "DIR?params" (anything with a "/") is a chroot store with root=DIR,
 //     "local?params" the store with no root unless root= is given, and
-//     "daemon" the same (ferry talks to no daemon). "", "auto" fall back
-//     to $FERRY_STORE, then to the store with no root when its state
-//     directory is writable, else to a per-user chroot store in
-//     ${XDG_DATA_HOME:-~/.local/share}/ferry. Anything else is Nix's
-//     "don't know how to open Nix store".
+//     "daemon" the same (ferry talks to no daemon). "" and "auto" (when
+//     store.DefaultURI found no $FERRY_STORE or $NIX_REMOTE) are the
+//     store with no root when its state directory is named (state=,
+//     $NIX_STATE_DIR) or writable (/nix/var/nix), else a per-user chroot
+//     store in ${XDG_DATA_HOME:-~/.local/share}/ferry.
+//     Anything else is Nix's "don't know how to open Nix store".
 //   - store= is the logical store directory (default $NIX_STORE_DIR, else
 //     /nix/store); real= the physical one (default root/nix/store with a
 //     root, else the logical one); state= and log= the state and log
@@ -83,42 +90,30 @@ func ResolveString(uri string) (*Resolved, error) {
 //     want-mass-query= and path-info-cache-size= are checked and change
 //     nothing here. Any other parameter is a warning, as in Nix.
 func Resolve(u *store.URI) (*Resolved, error) {
-	return resolve(u, 0)
-}
-
-func resolve(u *store.URI, depth int) (*Resolved, error) {
+	// Errors and warnings are Nix's words, so that a serve session on a
+	// badly named store says what nix-store --serve would.
 	bad := func(format string, a ...any) error {
-		return fmt.Errorf("open store %q: %s", u.Raw, fmt.Sprintf(format, a...))
+		return fmt.Errorf(format, a...)
 	}
 	r := &Resolved{}
 	root, hasRoot := u.Params["root"]
 	spec := u.Path
 	switch {
 	case spec == "" || spec == "auto":
-		if env := os.Getenv("FERRY_STORE"); env != "" && env != "auto" && depth == 0 {
-			eu, err := store.ParseURI(env)
-			if err != nil {
-				return nil, fmt.Errorf("FERRY_STORE: %w", err)
+		// A state directory that is named (state=, NIX_STATE_DIR) is
+		// used, and created if need be, as Nix does when no daemon
+		// runs; only the default one falls back to a per-user store
+		// when it is not writable.
+		state, named := u.Params["state"]
+		if !named {
+			if v := os.Getenv("NIX_STATE_DIR"); v != "" {
+				state, named = filepath.Clean(v), true
+			} else {
+				state = "/nix/var/nix"
 			}
-			if eu.Scheme != "local" {
-				return nil, fmt.Errorf("FERRY_STORE=%s: not a local store", env)
-			}
-			for k, v := range u.Params {
-				eu.Params[k] = v
-			}
-			er, err := resolve(eu, depth+1)
-			if err != nil {
-				return nil, err
-			}
-			er.Why = "FERRY_STORE=" + env
-			return er, nil
 		}
-		state, ok := u.Params["state"]
-		if !ok {
-			state = envPath("NIX_STATE_DIR", "/nix/var/nix")
-		}
-		if hasRoot || unix.Access(state, unix.R_OK|unix.W_OK) == nil {
-			r.Why = state + " is writable"
+		if hasRoot || named || unix.Access(state, unix.R_OK|unix.W_OK) == nil {
+			r.Why = "the store with state directory " + state
 			break
 		}
 		base := os.Getenv("XDG_DATA_HOME")
@@ -206,7 +201,7 @@ func resolve(u *store.URI, depth int) (*Resolved, error) {
 				return nil, bad("setting '%s' has invalid value '%s'", k, v)
 			}
 		default:
-			r.Warnings = append(r.Warnings, fmt.Sprintf("unknown setting '%s' in store URI %s", k, u.Raw))
+			r.Warnings = append(r.Warnings, fmt.Sprintf("unknown setting '%s'", k))
 		}
 	}
 	sort.Strings(r.Warnings)

@@ -280,8 +280,9 @@ func makeMutable(path string) {
 
 // makeDirs creates the layout a fresh Nix 2.8 store has (verified with
 // nix-store --store DIR --add): the store and state directories, db,
-// temproots, gcroots/per-user/<user>, profiles/per-user/<user> and the
-// gcroots/profiles symlink, all 0755.
+// temproots, gcroots/per-user/<user>, profiles/per-user/<user>, the
+// store's .links (which Nix's LocalStore creates for optimise-store) and
+// the gcroots/profiles symlink, all 0755.
 func (s *Store) makeDirs() error {
 	u := "root"
 	if cu, err := user.Current(); err == nil {
@@ -289,6 +290,7 @@ func (s *Store) makeDirs() error {
 	}
 	for _, d := range []string{
 		s.realDir,
+		filepath.Join(s.realDir, ".links"),
 		filepath.Join(s.stateDir, "db"),
 		filepath.Join(s.stateDir, "temproots"),
 		filepath.Join(s.stateDir, "gcroots/per-user", u),

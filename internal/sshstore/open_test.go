@@ -16,6 +16,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -111,9 +112,19 @@ func TestParseParams(t *testing.T) {
 	if diff := cmp.Diff([]string{"alpha", "zeta"}, unknown); diff != "" {
 		t.Errorf("unknown parameters (-want +got):\n%s", diff)
 	}
-	want := &Params{RemoteProgram: "nix-store", SSHKey: "/k", Compress: true, ConnectTimeout: 2500 * time.Millisecond}
+	want := &Params{RemoteProgram: "nix-store", SSHKey: "/k", Compress: true, ConnectTimeout: 2500 * time.Millisecond, Dir: storepath.DefaultDir}
 	if diff := cmp.Diff(want, p); diff != "" {
 		t.Errorf("params (-want +got):\n%s", diff)
+	}
+	// store= is the logical store directory of the session's paths, as
+	// for Nix's LegacySSHStore; a local store's parameters get Nix's
+	// warning.
+	p, unknown, err = parseParams(mustParse(t, "ssh://h?store=/l/store/&state=/s&root=/r"))
+	if err != nil || p.Dir != "/l/store" || !slices.Equal(unknown, []string{"root", "state"}) {
+		t.Errorf("store=: %+v, %q, %v", p, unknown, err)
+	}
+	if _, _, err := parseParams(mustParse(t, "ssh://h?store=rel")); err == nil || !strings.Contains(err.Error(), "not an absolute path: 'rel'") {
+		t.Errorf("store=rel: %v", err)
 	}
 	for _, v := range []string{"false", "0", "no", ""} {
 		p, _, err := parseParams(mustParse(t, "ssh://h?compress="+v))
@@ -531,7 +542,7 @@ func TestOpenUnknownSetting(t *testing.T) {
 		st.Close()
 		t.Fatal("Open succeeded")
 	}
-	want := fmt.Sprintf("warning: unknown setting 'frobnicate' in store URI %s\nwarning: unknown setting 'zzz' in store URI %s\n", uri, uri)
+	want := "warning: unknown setting 'frobnicate'\nwarning: unknown setting 'zzz'\n"
 	if got := log.String(); !strings.HasPrefix(got, want) {
 		t.Errorf("log %q, want it to start with %q", got, want)
 	}

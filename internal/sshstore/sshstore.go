@@ -272,7 +272,7 @@ func Open(ctx context.Context, u *store.URI, opts *store.OpenOptions) (*Store, e
 		logw = io.Discard
 	}
 	for _, k := range unknown {
-		fmt.Fprintf(logw, "warning: unknown setting '%s' in store URI %s\n", k, u.Raw)
+		fmt.Fprintf(logw, "warning: unknown setting '%s'\n", k)
 	}
 	timeout := opts.ConnectTimeout
 	if p.ConnectTimeout > 0 {

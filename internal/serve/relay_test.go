@@ -633,11 +633,8 @@ func rlTopo(infos []*store.PathInfo) ([]*store.PathInfo, error) {
 // the far store (the outputs land there, the log reaches the relay's
 // stderr) and reports a failure in band with the far builder's message;
 // without --write the relay refuses it with Nix's message and exit status,
-// and nothing is built.
-//
-// One difference remains: Nix's relay passes on the far exit status of a
-// failed BuildPaths (100 for a builder failure) and ferry's answers 1, as
-// the ssh store reports one MiscFailure per path.
+// and nothing is built. A failure's status is the far one (100 for a
+// builder failure) through either relay.
 func TestRelayBuildPaths(t *testing.T) {
 	nixtest.RequireNix(t)
 	ferry := ferryBin(t)
@@ -702,8 +699,8 @@ func TestRelayBuildPaths(t *testing.T) {
 	if n.readOnly != f.readOnly || n.roExit != f.roExit || n.roExit != 1 || !strings.Contains(n.readOnly, "error: building paths is not allowed") {
 		t.Errorf("read-only refusal: nix %d %q, ferry %d %q", n.roExit, n.readOnly, f.roExit, f.readOnly)
 	}
-	if n.status == 0 || f.status == 0 {
-		t.Errorf("a failed build reported success: nix %d, ferry %d", n.status, f.status)
+	if n.status == 0 || f.status != n.status {
+		t.Errorf("status of a failed build: nix %d, ferry %d", n.status, f.status)
 	}
 	// Both relays wrap the far message once more ("error: error: ..."),
 	// Nix's as Error::msg() renders it; the far builder's words agree but

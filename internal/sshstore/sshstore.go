@@ -828,12 +828,42 @@ func (s *Store) BuildPaths(ctx context.Context, paths []store.DerivedPath, setti
 		return nil, s.fail(err)
 	}
 	results := make([]*store.BuildResult, len(paths))
+	failures := failureStatuses(rep.Status)
 	for i := range paths {
 		if rep.Status == 0 {
 			results[i] = &store.BuildResult{Status: store.Built}
 		} else {
-			results[i] = &store.BuildResult{Status: store.MiscFailure, ErrorMsg: rep.Message}
+			results[i] = &store.BuildResult{Status: failures[i%len(failures)], ErrorMsg: rep.Message}
 		}
 	}
 	return results, nil
+}
+
+// failureStatuses reads the status of a failed BuildPaths, Nix's
+// Worker::exitStatus (0x60 | mask: 0x01 timed out, 0x02 hash mismatch,
+// 0x04 build failure, 0x08 not deterministic; anything else a plain
+// failure), back into result statuses whose masks together give it again,
+// so that a relay (ferry serve --store ssh://...) replies with the far
+// status.
+func failureStatuses(status uint64) []store.BuildStatus {
+	if status&^0x0f != 0x60 {
+		return []store.BuildStatus{store.MiscFailure}
+	}
+	var ss []store.BuildStatus
+	if status&0x01 != 0 {
+		ss = append(ss, store.TimedOut)
+	}
+	if status&0x02 != 0 {
+		ss = append(ss, store.OutputRejected)
+	}
+	if status&0x08 != 0 {
+		ss = append(ss, store.NotDeterministic)
+	}
+	if status&0x04 != 0 && status&0x03 == 0 {
+		ss = append(ss, store.PermanentFailure)
+	}
+	if len(ss) == 0 {
+		ss = append(ss, store.MiscFailure)
+	}
+	return ss
 }

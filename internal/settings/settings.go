@@ -126,6 +126,40 @@ type Settings struct {
 	// experimental features that are on, as written. Default none. ferry
 	// acts on "ca-derivations" (Enabled, RequireFeature).
 	ExperimentalFeatures []string
+
+	// Builders is builders: the machines (internal/machines parses it),
+	// as written. Default "@$NIX_CONF_DIR/machines" (DefaultBuilders).
+	Builders string
+	// BuildersUseSubstitutes is builders-use-substitutes: build machines
+	// substitute the inputs they lack. Default false.
+	BuildersUseSubstitutes bool
+}
+
+// DefaultBuilders is the default of builders in Nix 2.8.0
+// (src/libstore/globals.hh, globals.cc): "@" + nixConfDir + "/machines",
+// nixConfDir being $NIX_CONF_DIR or /etc/nix; a set NIX_REMOTE_SYSTEMS
+// replaces it with "@P" for each ":"-separated P, joined by spaces (so
+// that more than one P names a file that does not exist, as in Nix).
+func DefaultBuilders(getenv func(string) string) string {
+	if getenv == nil {
+		getenv = os.Getenv
+	}
+	// An empty NIX_REMOTE_SYSTEMS counts as unset here (getenv cannot
+	// tell them apart); Nix would make builders empty.
+	if v := getenv("NIX_REMOTE_SYSTEMS"); v != "" {
+		var ps []string
+		for _, p := range strings.Split(v, ":") {
+			if p != "" {
+				ps = append(ps, "@"+p)
+			}
+		}
+		return strings.Join(ps, " ")
+	}
+	confDir := getenv("NIX_CONF_DIR")
+	if confDir == "" {
+		confDir = "/etc/nix"
+	}
+	return "@" + filepath.Clean(confDir) + "/machines"
 }
 
 // CADerivations is the experimental feature of content-addressed
@@ -178,6 +212,8 @@ func Default() *Settings {
 
 		RequireSigs:       true,
 		TrustedPublicKeys: []string{DefaultTrustedPublicKey},
+
+		Builders: "@/etc/nix/machines",
 	}
 	if _, err := os.Stat("/bin/busybox"); err == nil {
 		s.SandboxPaths = []string{"/bin/sh=/bin/busybox"}
@@ -207,6 +243,7 @@ func Load(getenv func(string) string) (*Settings, error) {
 		getenv = os.Getenv
 	}
 	s := Default()
+	s.Builders = DefaultBuilders(getenv)
 	confDir := getenv("NIX_CONF_DIR")
 	if confDir == "" {
 		confDir = "/etc/nix"
@@ -424,6 +461,15 @@ func (s *Settings) Set(name, value string) error {
 		}
 	case "experimental-features":
 		list(&s.ExperimentalFeatures)
+	case "builders":
+		// A plain string in Nix 2.8: "extra-builders" is unknown.
+		if !extra {
+			s.Builders = value
+		}
+	case "builders-use-substitutes":
+		if !extra {
+			s.BuildersUseSubstitutes, err = parseBool(name, value)
+		}
 	}
 	return err
 }
@@ -585,28 +631,30 @@ func (s *Settings) KeyValue() string {
 	}
 	secs := func(d time.Duration) string { return strconv.FormatInt(int64(d/time.Second), 10) }
 	kv := map[string]string{
-		"sandbox":                 s.Sandbox,
-		"sandbox-fallback":        strconv.FormatBool(s.SandboxFallback),
-		"sandbox-paths":           sorted(s.SandboxPaths),
-		"cores":                   strconv.Itoa(s.Cores),
-		"max-jobs":                strconv.Itoa(s.MaxJobs),
-		"max-silent-time":         secs(s.MaxSilentTime),
-		"timeout":                 secs(s.Timeout),
-		"max-log-size":            strconv.FormatUint(s.MaxLogSize, 10),
-		"keep-failed":             strconv.FormatBool(s.KeepFailed),
-		"system":                  s.System,
-		"extra-platforms":         sorted(s.ExtraPlatforms),
-		"system-features":         sorted(s.SystemFeatures),
-		"gc-reserved-space":       strconv.FormatInt(s.ReservedSize, 10),
-		"min-free":                strconv.FormatUint(s.MinFree, 10),
-		"max-free":                strconv.FormatUint(s.MaxFree, 10),
-		"min-free-check-interval": secs(s.MinFreeCheckInterval),
-		"keep-outputs":            strconv.FormatBool(s.KeepOutputs),
-		"keep-derivations":        strconv.FormatBool(s.KeepDerivations),
-		"require-sigs":            strconv.FormatBool(s.RequireSigs),
-		"trusted-public-keys":     strings.Join(s.TrustedPublicKeys, " "),
-		"secret-key-files":        strings.Join(s.SecretKeyFiles, " "),
-		"post-build-hook":         s.PostBuildHook,
+		"sandbox":                  s.Sandbox,
+		"sandbox-fallback":         strconv.FormatBool(s.SandboxFallback),
+		"sandbox-paths":            sorted(s.SandboxPaths),
+		"cores":                    strconv.Itoa(s.Cores),
+		"max-jobs":                 strconv.Itoa(s.MaxJobs),
+		"max-silent-time":          secs(s.MaxSilentTime),
+		"timeout":                  secs(s.Timeout),
+		"max-log-size":             strconv.FormatUint(s.MaxLogSize, 10),
+		"keep-failed":              strconv.FormatBool(s.KeepFailed),
+		"system":                   s.System,
+		"extra-platforms":          sorted(s.ExtraPlatforms),
+		"system-features":          sorted(s.SystemFeatures),
+		"gc-reserved-space":        strconv.FormatInt(s.ReservedSize, 10),
+		"min-free":                 strconv.FormatUint(s.MinFree, 10),
+		"max-free":                 strconv.FormatUint(s.MaxFree, 10),
+		"min-free-check-interval":  secs(s.MinFreeCheckInterval),
+		"keep-outputs":             strconv.FormatBool(s.KeepOutputs),
+		"keep-derivations":         strconv.FormatBool(s.KeepDerivations),
+		"require-sigs":             strconv.FormatBool(s.RequireSigs),
+		"trusted-public-keys":      strings.Join(s.TrustedPublicKeys, " "),
+		"secret-key-files":         strings.Join(s.SecretKeyFiles, " "),
+		"post-build-hook":          s.PostBuildHook,
+		"builders":                 s.Builders,
+		"builders-use-substitutes": strconv.FormatBool(s.BuildersUseSubstitutes),
 	}
 	if s.BuildDir != "" {
 		kv["build-dir"] = s.BuildDir

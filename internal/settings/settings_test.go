@@ -60,6 +60,7 @@ func TestLoadDefaultsWithoutFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := Default()
+	d.Builders = "@" + dir + "/machines" // Nix's default follows NIX_CONF_DIR
 	if !reflect.DeepEqual(s, d) {
 		t.Errorf("got %+v, want defaults %+v", s, d)
 	}

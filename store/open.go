@@ -94,6 +94,10 @@ type OpenOptions struct {
 	// answer within ConnectTimeout) is reported by the first call, with
 	// the error Open would have given. The zero value waits in Open.
 	LazyHandshake bool
+	// BareLog passes a remote's stderr on as it comes, without the
+	// host's name in front of each line (as Nix's ssh store does); a relay
+	// uses it, so that the client sees what it would see without one.
+	BareLog bool
 	// ReservedSize is the local store's gc-reserved-space (the size of
 	// db/reserved): zero means Nix's default, negative an empty file.
 	ReservedSize int64

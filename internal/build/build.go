@@ -51,7 +51,7 @@ type Options struct {
 
 // WithBuildSettings returns a copy of s with the limits a client sent
 // (serve protocol cmdBuildDerivation): they replace the machine's, zero
-// meaning no limit, as Nix's serve side does.
+// meaning no limit, and no build log is kept, as Nix's serve side does.
 func WithBuildSettings(s *settings.Settings, bs store.BuildSettings) *settings.Settings {
 	if s == nil {
 		s = settings.Default()
@@ -61,6 +61,9 @@ func WithBuildSettings(s *settings.Settings, bs store.BuildSettings) *settings.S
 	c.Timeout = bs.Timeout
 	c.MaxLogSize = bs.MaxLogSize
 	c.KeepFailed = bs.KeepFailed
+	// Nix's serve side keeps no build log (getBuildSettings in
+	// src/nix-store/nix-store.cc@2.8.0): the client has it.
+	c.KeepBuildLog = false
 	return &c
 }
 
@@ -448,7 +451,16 @@ func (b *builder) runBuilder(ctx context.Context, outs map[string]storepath.Path
 	if lines == 0 {
 		lines = 10
 	}
-	logs := newLogSink(b.opts.Log, b.s.MaxLogSize, lines)
+	logw := b.opts.Log
+	logFile, err := b.openLogFile()
+	if err != nil {
+		return 0, "", nil, err
+	}
+	if logFile != nil {
+		defer logFile.Close()
+		logw = &keptLog{f: logFile, w: b.opts.Log}
+	}
+	logs := newLogSink(logw, b.s.MaxLogSize, lines)
 	spec.Stdout = logs
 
 	proc, err := sandbox.Start(ctx, spec)

@@ -2,7 +2,10 @@ package build
 
 import (
 	"errors"
+	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 )
@@ -99,4 +102,47 @@ func (l *logSink) lines() []string {
 		l.flushLine()
 	}
 	return append([]string(nil), l.tail...)
+}
+
+// openLogFile creates the file the build log is kept in when
+// keep-build-log is on, as Nix's DerivationGoal::openLogFile does when the
+// builder starts (src/libstore/build/derivation-goal.cc@2.8.0):
+// <log dir>/drvs/<first two characters of the .drv's base name>/<the rest>,
+// so that nix-store --read-log and nix log find it. ferry writes it
+// uncompressed whatever compress-build-log says (Go has no bzip2 writer);
+// Nix reads the plain file as it reads a .bz2 one. It returns nil when no
+// log is kept.
+func (b *builder) openLogFile() (*os.File, error) {
+	if !b.s.KeepBuildLog {
+		return nil, nil
+	}
+	base := b.drvPath.Base()
+	dir := filepath.Join(b.st.Layout().LogDir, "drvs", base[:2])
+	if err := os.MkdirAll(dir, 0o777); err != nil {
+		return nil, fmt.Errorf("create the build log of '%s': %w", b.drvPath, err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, base[2:]), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o666)
+	if err != nil {
+		return nil, fmt.Errorf("create the build log of '%s': %w", b.drvPath, err)
+	}
+	return f, nil
+}
+
+// keptLog writes the log to the kept log file and to w (which may be nil).
+// A failing write to the file (a full disk) loses the rest of the file but
+// not the build, whose own log w decides.
+type keptLog struct {
+	f    *os.File
+	ferr error
+	w    io.Writer
+}
+
+func (k *keptLog) Write(p []byte) (int, error) {
+	if k.ferr == nil {
+		_, k.ferr = k.f.Write(p)
+	}
+	if k.w == nil {
+		return len(p), nil
+	}
+	return k.w.Write(p)
 }

@@ -17,6 +17,11 @@ import (
 // store's first request share the handshake's round trip
 // (store.OpenOptions.LazyHandshake): for commands that make one right away.
 func openStore(ctx context.Context, e *Env, conf *settings.Settings, uri string, lazy bool) (store.Store, error) {
+	return store.Open(ctx, uri, storeOptions(e, conf, lazy))
+}
+
+// storeOptions are the options openStore opens a store with.
+func storeOptions(e *Env, conf *settings.Settings, lazy bool) *store.OpenOptions {
 	opts := &store.OpenOptions{Log: e.Stderr, Verbose: e.Verbose, ConnectTimeout: e.ConnectTimeout, LazyHandshake: lazy}
 	if conf != nil {
 		opts.ReservedSize = conf.ReservedSize
@@ -24,7 +29,7 @@ func openStore(ctx context.Context, e *Env, conf *settings.Settings, uri string,
 			opts.ReservedSize = -1 // Nix's 0: an empty file
 		}
 	}
-	return store.Open(ctx, uri, opts)
+	return opts
 }
 
 // openConfiguredStore opens the store chosen by --store, FERRY_STORE or

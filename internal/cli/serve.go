@@ -10,6 +10,7 @@ import (
 	"ferry/internal/localstore"
 	"ferry/internal/serve"
 	"ferry/internal/settings"
+	"ferry/store"
 )
 
 func init() {
@@ -60,7 +61,11 @@ func runServe(ctx context.Context, e *Env, write bool) error {
 	}
 	// A remote store's handshake shares its first request's round trip,
 	// as Nix's relay connects only when the first command needs it.
-	st, err := openStore(ctx, e, conf, e.Store, true)
+	// A relay passes the far side's stderr on as it comes, as Nix's does:
+	// the client sees the far build log as it would without the relay.
+	opts := storeOptions(e, conf, true)
+	opts.BareLog = true
+	st, err := store.Open(ctx, e.Store, opts)
 	if err != nil {
 		return err
 	}
@@ -68,18 +73,18 @@ func runServe(ctx context.Context, e *Env, write bool) error {
 	// A copy arrives through a pipe from sshd; a pipe of 1 MiB rather than
 	// 64 KiB lets sshd go on decrypting while ferry writes (BENCHMARKS.md).
 	growPipe(e.Stdin)
-	opts := &serve.Options{Write: write, Log: e.Stderr}
+	sopts := &serve.Options{Write: write, Log: e.Stderr}
 	local, ok := st.(*localstore.Store)
 	if !ok {
 		// serve.Main buffers both directions itself and flushes after each reply.
-		return serve.Main(ctx, serve.NewRelayBackend(st, e.Store), e.Stdin, e.Stdout, opts)
+		return serve.Main(ctx, serve.NewRelayBackend(st, e.Store), e.Stdin, e.Stdout, sopts)
 	}
 	var autoGC func(context.Context)
 	if auto := autoCollector(e, local, conf); auto != nil {
 		autoGC = auto.Check
 		defer auto.Wait() // before the store closes
 	}
-	return serve.Main(ctx, localserve.NewBackend(local, conf, autoGC), e.Stdin, e.Stdout, opts)
+	return serve.Main(ctx, localserve.NewBackend(local, conf, autoGC), e.Stdin, e.Stdout, sopts)
 }
 
 // growPipe raises the buffer of f to 1 MiB (the unprivileged maximum) if f

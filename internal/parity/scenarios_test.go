@@ -73,6 +73,23 @@ var scenarios = []scenario{
 		return r.copyTo(r.dir+"/dst?require-sigs=maybe", r.dir+"/dst")
 	}},
 
+	// A serve session keeps no build log (Nix's getBuildSettings), so
+	// log= on the remote store changes nothing there: both say so.
+	{name: "remote-store log= and the build log", item: 1, run: func(r *run) outcome {
+		local := r.dir + "/local"
+		remote := r.dir + "/dst?log=" + r.dir + "/logs"
+		builders := r.uri(remote) + " " + r.system + " " + r.tr.key + " 1 1"
+		expr := r.graph()
+		code, lines := r.cmd(nil, "nix-build", "--store", local, "-j0", "--no-out-link", "--builders", builders, "--argstr", "system", r.system, expr)
+		o := outcome{Exit: code, Lines: lines, Dirs: r.dirs()}
+		if code == 0 {
+			drv := r.must(nil, "nix-instantiate", "--store", local, "--argstr", "system", r.system, expr)
+			_, log := r.cmd(nil, "nix-store", "--store", remote, "--read-log", drv)
+			o.Store = append(r.contents(nil, remote, topOut(lines)), log...)
+		}
+		return o
+	}},
+
 	// Item 2: a logical store directory other than /nix/store.
 	{name: "logical store dir: copy", item: 2, run: func(r *run) outcome {
 		l := r.shared + "/logical/store"

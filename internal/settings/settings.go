@@ -122,6 +122,13 @@ type Settings struct {
 	// execvp). Default "".
 	PostBuildHook string
 
+	// KeepBuildLog is keep-build-log: builds keep their log in the
+	// store's log directory (drvs/), for nix-store --read-log. Default
+	// true. CompressBuildLog is compress-build-log (default true), which
+	// ferry accepts but does not act on: it writes logs uncompressed,
+	// which Nix reads as well.
+	KeepBuildLog, CompressBuildLog bool
+
 	// ExperimentalFeatures is experimental-features: the names of the
 	// experimental features that are on, as written. Default none. ferry
 	// acts on "ca-derivations" (Enabled, RequireFeature).
@@ -212,6 +219,9 @@ func Default() *Settings {
 
 		RequireSigs:       true,
 		TrustedPublicKeys: []string{DefaultTrustedPublicKey},
+
+		KeepBuildLog:     true,
+		CompressBuildLog: true,
 
 		Builders: "@/etc/nix/machines",
 	}
@@ -453,6 +463,10 @@ func (s *Settings) Set(name, value string) error {
 		list(&s.TrustedPublicKeys)
 	case "secret-key-files":
 		list(&s.SecretKeyFiles)
+	case "keep-build-log", "build-keep-log":
+		s.KeepBuildLog, err = parseBool(name, value)
+	case "compress-build-log", "build-compress-log":
+		s.CompressBuildLog, err = parseBool(name, value)
 	case "post-build-hook":
 		// Not a list: "extra-post-build-hook" is ignored as unknown, as
 		// Nix 2.8's Config::set does.
@@ -653,6 +667,8 @@ func (s *Settings) KeyValue() string {
 		"trusted-public-keys":      strings.Join(s.TrustedPublicKeys, " "),
 		"secret-key-files":         strings.Join(s.SecretKeyFiles, " "),
 		"post-build-hook":          s.PostBuildHook,
+		"keep-build-log":           strconv.FormatBool(s.KeepBuildLog),
+		"compress-build-log":       strconv.FormatBool(s.CompressBuildLog),
 		"builders":                 s.Builders,
 		"builders-use-substitutes": strconv.FormatBool(s.BuildersUseSubstitutes),
 	}

@@ -302,7 +302,11 @@ func Open(ctx context.Context, u *store.URI, opts *store.OpenOptions) (*Store, e
 		return nil, err
 	}
 	s := &Store{uri: u.Raw, host: u.Authority, dir: p.Dir, waited: make(chan struct{}), group: isLocal(u.Authority)}
-	s.stderr = newStderrLog(logw, u.Authority+"> ")
+	prefix := u.Authority + "> "
+	if opts.BareLog {
+		prefix = ""
+	}
+	s.stderr = newStderrLog(logw, prefix)
 	// The process is not tied to ctx: the store outlives the call that
 	// opened it, and Close ends the session cleanly.
 	s.cmd = exec.Command(argv[0], argv[1:]...)

@@ -590,7 +590,9 @@ func (s *Scheduler) plan(now time.Time, commit bool) ([]Assignment, time.Time) {
 			}
 			cost := s.transfer(j, m) + m.buildTime(j)
 			end := ts[0].Add(cost)
-			if best == nil || end.Before(bestEnd) {
+			// Equal estimates: the one that starts sooner, then the
+			// first machine.
+			if best == nil || end.Before(bestEnd) || end.Equal(bestEnd) && ts[0].Before(bestStart) {
 				best, bestEnd, bestStart, bestCost = m, end, ts[0], cost
 			}
 		}

@@ -47,10 +47,10 @@
 //     to finish first: when the machine has a free slot (now, or when a
 //     running build is expected to end), plus the bytes of its inputs the
 //     machine does not hold divided by Options.Bandwidth, plus
-//     EstDuration / SpeedFactor. Equal estimates go to the machine that starts sooner, then to the
-//     earlier machine. A job
-//     whose best machine is busy waits for it (its slot is reserved in
-//     the estimate), and NextWake says when to look again.
+//     EstDuration / SpeedFactor. Equal estimates go to the machine that
+//     starts sooner, then to the earlier machine. A job whose best
+//     machine is busy waits for it (its slot is reserved in the
+//     estimate), and NextWake says when to look again.
 //   - A machine reported down is not used until its back-off ends
 //     (BackoffBase, doubling per consecutive failure, capped at
 //     BackoffMax); its running builds go back to the ready set and to

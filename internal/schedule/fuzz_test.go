@@ -128,11 +128,16 @@ func FuzzSchedule(f *testing.F) {
 			}
 			return succeed
 		}
+		// Without keep-going, a failure (or an unbuildable job, from the
+		// start) stops new builds.
 		wrapped := sm.decide
 		stoppedAt := -1
+		if !keepGoing && len(sm.s.Unbuildable()) > 0 {
+			stoppedAt = 0
+		}
 		sm.decide = func(a Assignment) outcome {
 			o := wrapped(a)
-			if stoppedAt < 0 && sm.s.Stopped() {
+			if stoppedAt < 0 && o == fail && !keepGoing {
 				stoppedAt = len(sm.assigned)
 			}
 			return o

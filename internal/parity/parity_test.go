@@ -167,7 +167,7 @@ func (o outcome) summary() string {
 			last = last[:57] + "..."
 		}
 	}
-	return fmt.Sprintf("exit %d, %d paths: %s", o.Exit, len(o.Store), last)
+	return fmt.Sprintf("exit %d, %d store lines; %s", o.Exit, len(o.Store), last)
 }
 
 func (o outcome) detail() string {
@@ -251,13 +251,21 @@ func queryEscape(v string) string {
 // their store from the environment.
 func (r *run) wrapper(env ...string) string {
 	r.t.Helper()
-	p := filepath.Join(r.dir, "remote-program.sh")
-	script := "#!/bin/sh\nunset NIX_REMOTE\nexport " + strings.Join(env, " ") + "\nexec " + r.program + " \"$@\"\n"
-	if err := os.WriteFile(p, []byte(script), 0o755); err != nil {
+	return r.script("remote-program.sh", "unset NIX_REMOTE\nexport "+strings.Join(env, " ")+"\nexec "+r.program+" \"$@\"\n")
+}
+
+// script writes an executable shell script into the run's directory.
+func (r *run) script(name, body string) string {
+	r.t.Helper()
+	p := filepath.Join(r.dir, name)
+	if err := os.WriteFile(p, []byte("#!/bin/sh\n"+body), 0o755); err != nil {
 		r.t.Fatal(err)
 	}
 	return p
 }
+
+// shq quotes s for a POSIX shell.
+func shq(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
 // contents lists what the store nixURI holds of the closure of paths, as
 // real Nix reads it: path, NAR hash, references, deriver and ca.

@@ -2,6 +2,8 @@ package parity
 
 import (
 	"encoding/json"
+
+	"ferry/internal/nixtest"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -130,6 +132,83 @@ var scenarios = []scenario{
 		return o
 	}},
 
+	{name: "NIX_STORE_DIR: remote build", item: 2, run: func(r *run) outcome {
+		e := r.shared + "/env"
+		makeWritable(e)
+		os.RemoveAll(e)
+		env := []string{"NIX_STORE_DIR=" + e + "/store", "NIX_STATE_DIR=" + r.dir + "/state", "NIX_LOG_DIR=" + r.dir + "/log"}
+		wrapper := r.wrapper(env...)
+		local := r.dir + "/local?store=" + e + "/store"
+		prog := r.program
+		r.program = wrapper
+		builders := r.uri("", "store="+queryEscape(e+"/store")) + " " + r.system + " " + r.tr.key + " 1 1"
+		r.program = prog
+		code, lines := r.cmd(nil, "nix-build", "--store", local, "-j0", "--no-out-link", "--builders", builders, "--argstr", "system", r.system, r.graph())
+		o := outcome{Exit: code, Lines: lines, Dirs: r.dirs()}
+		if code == 0 {
+			out := topOut(lines)
+			o.Store = append(r.contents(nil, "local?store="+e+"/store&state="+r.dir+"/state", out), r.contents(nil, local, out)...)
+			o.Store = append(o.Store, r.drvFiles(e+"/store")...)
+		}
+		return o
+	}},
+
+	// Item 3: serving a store that is not local (a relay to the remote).
+	{name: "relay: copy", item: 3, run: func(r *run) outcome {
+		relay := r.relay(r.dir + "/far")
+		src := filepath.Join(r.dir, "src")
+		out := r.source(src)
+		code, lines := r.cmd(nil, "nix", "copy", "--no-check-sigs", "--from", src, "--to", "ssh://"+r.tr.host+"?remote-program="+queryEscape(relay), out)
+		o := outcome{Exit: code, Lines: lines, Dirs: r.dirs()}
+		if code == 0 {
+			o.Store = r.contents(nil, r.dir+"/far", out)
+		}
+		return o
+	}},
+	{name: "relay: remote build", item: 3, run: func(r *run) outcome {
+		relay := r.relay(r.dir + "/far")
+		builders := "ssh://" + r.tr.host + "?remote-program=" + queryEscape(relay) + " " + r.system + " " + r.tr.key + " 1 1"
+		code, lines := r.cmd(nil, "nix-build", "--store", r.dir+"/local", "-j0", "--no-out-link", "--builders", builders, "--argstr", "system", r.system, r.graph())
+		o := outcome{Exit: code, Lines: lines, Dirs: r.dirs()}
+		if code == 0 {
+			o.Store = append(r.contents(nil, r.dir+"/far", topOut(lines)), r.drvFiles(r.dir+"/far/nix/store")...)
+		}
+		return o
+	}},
+
+	// Item 5: the remote's post-build-hook.
+	{name: "post-build-hook on the remote", item: 5, run: func(r *run) outcome {
+		return r.hookBuild(0)
+	}},
+	{name: "failing post-build-hook on the remote", item: 5, run: func(r *run) outcome {
+		return r.hookBuild(3)
+	}},
+
+	// Item 6: floating content-addressed derivations, built remotely.
+	{name: "content-addressed derivations: remote build", item: 6, run: func(r *run) outcome {
+		expr := r.writeFile("ca.nix", caNix)
+		conf := nixtest.Config + "experimental-features = nix-command ca-derivations\n"
+		prog := r.program
+		r.program = r.script("remote-program.sh", "unset NIX_REMOTE\nexport NIX_CONFIG="+shq(conf)+"\nexec "+prog+" \"$@\"\n")
+		// Nix asks the hook for a machine with feature ca-derivations.
+		builders := r.uri(r.dir+"/dst") + " " + r.system + " " + r.tr.key + " 1 1 ca-derivations"
+		r.program = prog
+		local := r.dir + "/local"
+		code, lines := r.cmd([]string{"NIX_CONFIG=" + conf}, "nix-build", "--store", local, "-j0", "--no-out-link", "--builders", builders, "--argstr", "system", r.system, expr)
+		o := outcome{Exit: code, Lines: lines, Dirs: r.dirs()}
+		if code == 0 {
+			out := ""
+			for _, l := range lines {
+				if strings.HasSuffix(l, "-parity-ca-top") {
+					out = l
+				}
+			}
+			o.Store = append(r.contents(nil, r.dir+"/dst", out), r.contents(nil, local, out)...)
+			o.Store = append(o.Store, r.drvFiles(r.dir+"/dst/nix/store")...)
+		}
+		return o
+	}},
+
 	// Item 4: system-features on the remote's store URI replace nix.conf's.
 	{name: "system-features on remote-store: accepted", item: 4, run: func(r *run) outcome {
 		return r.featureBuild("foo", "foo")
@@ -137,6 +216,43 @@ var scenarios = []scenario{
 	{name: "system-features on remote-store: refused", item: 4, run: func(r *run) outcome {
 		return r.featureBuild("foo", "bar")
 	}},
+}
+
+// caNix is two floating content-addressed derivations, the second using
+// the first, one with a self-reference.
+const caNix = `{ system }:
+let
+  mk = name: attrs: derivation ({ inherit name system; builder = "/bin/sh"; __contentAddressed = true; outputHashMode = "recursive"; outputHashAlgo = "sha256"; } // attrs);
+  dep = mk "parity-ca-dep" { args = [ "-c" "mkdir $out && echo $out > $out/self && echo building ca dep" ]; };
+in mk "parity-ca-top" { args = [ "-c" "mkdir $out && cat ${dep}/self > $out/dep && echo building ca top" ]; }
+`
+
+// hookBuild builds the graph remotely with a post-build-hook configured
+// on the remote side, exiting with status exit, and reports what the
+// hook saw as well.
+func (r *run) hookBuild(exit int) outcome {
+	record := r.dir + "/hook.log"
+	hook := r.script("hook.sh", fmt.Sprintf("echo \"hook ran for $DRV_PATH\"\necho \"$DRV_PATH\" >> %s\nexit %d\n", shq(record), exit))
+	conf := nixtest.Config + "post-build-hook = " + hook + "\n"
+	prog := r.program
+	r.program = r.script("remote-program.sh", "unset NIX_REMOTE\nexport NIX_CONFIG="+shq(conf)+"\nexec "+prog+" \"$@\"\n")
+	builders := r.uri(r.dir+"/dst") + " " + r.system + " " + r.tr.key + " 1 1"
+	r.program = prog
+	code, lines := r.cmd(nil, "nix-build", "--store", r.dir+"/local", "-j0", "--no-out-link", "--builders", builders, "--argstr", "system", r.system, r.graph())
+	o := outcome{Exit: code, Lines: lines, Dirs: r.dirs()}
+	o.Store = fileLines(record)
+	if code == 0 {
+		o.Store = append(o.Store, r.contents(nil, r.dir+"/dst", topOut(lines))...)
+	}
+	return o
+}
+
+// relay writes a remote program that serves, with the program under
+// test, the store far through one more hop: the program under test again,
+// run directly as for ssh://localhost.
+func (r *run) relay(far string) string {
+	inner := "ssh://localhost?remote-program=" + queryEscape(r.program) + "&remote-store=" + queryEscape(far)
+	return r.script("relay.sh", "unset NIX_REMOTE\nexec "+r.program+" --serve --write --store "+shq(inner)+"\n")
 }
 
 // copyToLogical copies into a remote whose logical store directory is l,

@@ -123,7 +123,7 @@ func (e Event) String() string {
 	case MachineDownEvent:
 		s := fmt.Sprintf("machine '%s' is down (%v), retrying it in %s", e.Machine, e.Err, e.RetryIn)
 		if len(e.Requeued) > 0 {
-			s += fmt.Sprintf("; its builds go to another machine: '%s'", strings.Join(e.Requeued, "', '"))
+			s += fmt.Sprintf("; rescheduling its builds of '%s'", strings.Join(e.Requeued, "', '"))
 		}
 		return s
 	case StopEvent:
@@ -568,12 +568,10 @@ func (s *Scheduler) plan(now time.Time, commit bool) ([]Assignment, time.Time) {
 			ts = append(ts, now)
 		}
 		sort.Slice(ts, func(a, b int) bool { return ts[a].Before(ts[b]) })
-		if len(ts) > m.capacity() && m.capacity() > 0 {
-			// Probing: the extra running builds must end first.
-			ts = ts[len(ts)-m.capacity():]
-		}
-		if m.capacity() == 0 {
-			ts = nil
+		if c := m.capacity(); len(ts) > c {
+			// More running than a probed machine may run: the extra
+			// builds must end first.
+			ts = ts[len(ts)-c:]
 		}
 		slots[m.idx] = ts
 	}
@@ -634,10 +632,12 @@ func (s *Scheduler) Next() []Assignment {
 	return out
 }
 
-// NextWake returns when Next may have work that it has not now: the
-// earliest end of a back-off that a waiting job needs, or the time a job
-// waiting for a busy machine should be looked at again. It is false when
-// only a report (Done, Failed, MachineDown) can change anything.
+// NextWake returns when Next may have work that it has not now: now if
+// it has, else the earliest of the ends of the back-offs that ready jobs
+// wait for and the expected ends of the running builds that ready jobs
+// wait for (when the estimates change, a waiting job may go to another
+// machine). It is false when only a report (Done, Failed, MachineDown)
+// can change anything: nothing is ready, or after a stop.
 func (s *Scheduler) NextWake() (time.Time, bool) {
 	if s.halted {
 		return time.Time{}, false

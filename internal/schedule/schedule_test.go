@@ -444,7 +444,7 @@ func TestMachineDown(t *testing.T) {
 		!reflect.DeepEqual(ev[0].Requeued, []string{"j1", "j2"}) {
 		t.Fatalf("events %+v", ev)
 	}
-	if msg := ev[0].String(); msg != "machine 'a' is down (ssh: connect to host a: Connection timed out), retrying it in 10s; its builds go to another machine: 'j1', 'j2'" {
+	if msg := ev[0].String(); msg != "machine 'a' is down (ssh: connect to host a: Connection timed out), retrying it in 10s; rescheduling its builds of 'j1', 'j2'" {
 		t.Fatalf("event text %q", msg)
 	}
 	wantStatus(t, s, "j1", Ready)

@@ -189,12 +189,15 @@ Commands:
 	}
 	fmt.Fprint(w, `
 Global options:
-  --store STORE   the store to use: a directory (a chroot store whose logical
-                  store directory is /nix/store), or "local" or "/" for /nix
+  --store STORE   the store to use, named as for Nix: a directory (a chroot
+                  store whose logical store directory is /nix/store),
+                  "local" for the store with no root, parameters such as
+                  DIR?store=/logical/dir&state=S&log=L&real=R, local?root=DIR
+                  or DIR?system-features=kvm, or ssh://host?remote-store=...
   -v              say more, e.g. which store was chosen
 
-Nix compatibility: "ferry --serve [--write] [--store DIR]" speaks the
-nix-store --serve protocol on stdin/stdout.
+Nix compatibility: "ferry --serve [--write] [--store STORE]" speaks the
+nix-store --serve protocol on stdin/stdout; with an ssh:// store it relays.
 
 Run "ferry help COMMAND" or "ferry COMMAND -h" for a command's options.
 `)

@@ -95,6 +95,17 @@ func TestLocalStoreURIsLikeNix(t *testing.T) {
 		t.Errorf("the logical store directory %s was created: %v", logical, err)
 	}
 
+	// A copy keeps the logical directory; between two directories it is
+	// refused before anything is sent.
+	copyDst := filepath.Join(base, "copy") + "?store=" + logical
+	mustFerry(t, nil, "--store", ferryURI, "copy", "--to", copyDst, ferryOut)
+	if diff := cmp.Diff(nixtest.PathInfos(t, ferryURI, "--recursive", ferryOut), nixtest.PathInfos(t, copyDst, "--recursive", ferryOut)); diff != "" {
+		t.Errorf("ferry copy into %s (-source +copy):\n%s", copyDst, diff)
+	}
+	if _, errs, code := ferry(t, nil, "--store", ferryURI, "copy", "--to", filepath.Join(base, "plain"), ferryOut); code == 0 || !strings.Contains(errs, "cannot copy between store directories") {
+		t.Errorf("copy into a /nix/store store: exit %d\n%s", code, errs)
+	}
+
 	// keep-build-log = false keeps none, as in Nix.
 	copyConfig(t, nixtest.Config+"keep-build-log = false\n")
 	quiet := filepath.Join(base, "quiet") + "?store=" + logical

@@ -73,6 +73,13 @@ func Copy(ctx context.Context, src, dst store.Store, paths []storepath.Path, opt
 	if opts == nil {
 		opts = &Options{}
 	}
+	if src.Dir() != dst.Dir() {
+		// Every path is computed against its store's directory: a path
+		// of one is no path of the other. (Nix 2.8 re-computes the
+		// path of a content-addressed path without references, a case
+		// ferry leaves out.)
+		return nil, fmt.Errorf("cannot copy between store directories: the source's is %s, the destination's %s (set store= on the URI of one of them)", src.Dir(), dst.Dir())
+	}
 	start := time.Now()
 	res := &Result{}
 	ctx, cancel := context.WithCancel(ctx)

@@ -31,26 +31,21 @@ func BuildGraph(ctx context.Context, st *localstore.Store, roots []storepath.Pat
 	if jobs < 1 {
 		jobs = 1
 	}
-	g := &graph{
-		drvs:    map[storepath.Path]*derivation.Derivation{},
-		deps:    map[storepath.Path][]storepath.Path{},
-		users:   map[storepath.Path][]storepath.Path{},
-		results: map[storepath.Path]*store.BuildResult{},
-	}
-	if err := g.load(ctx, st, roots); err != nil {
+	g, err := LoadGraph(ctx, st, roots)
+	if err != nil {
 		return nil, err
 	}
 
 	// Kahn's algorithm over the derivations still to build.
 	pending := map[storepath.Path]int{}
 	var ready []storepath.Path
-	for p := range g.drvs {
-		if g.results[p] != nil {
+	for p := range g.Drvs {
+		if g.Results[p] != nil {
 			continue
 		}
 		n := 0
-		for _, dep := range g.deps[p] {
-			if g.results[dep] == nil {
+		for _, dep := range g.Deps[p] {
+			if g.Results[dep] == nil {
 				n++
 			}
 		}
@@ -77,11 +72,11 @@ func BuildGraph(ctx context.Context, st *localstore.Store, roots []storepath.Pat
 			for p := range work {
 				o := *opts
 				if opts.Log != nil && jobs > 1 {
-					o.Log = &prefixWriter{w: opts.Log, mu: &logMu, prefix: []byte(g.drvs[p].Name + "> ")}
+					o.Log = NewPrefixWriter(opts.Log, &logMu, g.Drvs[p].Name+"> ")
 				}
-				res, err := Build(ctx, st, p, g.drvs[p], &o)
-				if pw, ok := o.Log.(*prefixWriter); ok {
-					pw.flush()
+				res, err := Build(ctx, st, p, g.Drvs[p], &o)
+				if pw, ok := o.Log.(*PrefixWriter); ok {
+					pw.Flush()
 				}
 				finished <- done{p, res, err}
 			}
@@ -93,8 +88,8 @@ func BuildGraph(ctx context.Context, st *localstore.Store, roots []storepath.Pat
 	failed := map[storepath.Path]int{} // failed dependencies per derivation
 	var settle func(p storepath.Path, res *store.BuildResult)
 	settle = func(p storepath.Path, res *store.BuildResult) {
-		g.results[p] = res
-		for _, u := range g.users[p] {
+		g.Results[p] = res
+		for _, u := range g.Users[p] {
 			if _, waiting := pending[u]; !waiting {
 				continue
 			}
@@ -145,26 +140,43 @@ func BuildGraph(ctx context.Context, st *localstore.Store, roots []storepath.Pat
 	close(work)
 	wg.Wait()
 	if firstErr != nil {
-		return g.results, firstErr
+		return g.Results, firstErr
 	}
-	return g.results, ctx.Err()
+	return g.Results, ctx.Err()
 }
 
-type graph struct {
-	drvs    map[storepath.Path]*derivation.Derivation
-	deps    map[storepath.Path][]storepath.Path // input derivations
-	users   map[storepath.Path][]storepath.Path // reverse of deps
-	results map[storepath.Path]*store.BuildResult
+// Graph is the derivations a build of some roots visits.
+type Graph struct {
+	Drvs  map[storepath.Path]*derivation.Derivation
+	Deps  map[storepath.Path][]storepath.Path // input derivations still to build or valid
+	Users map[storepath.Path][]storepath.Path // reverse of Deps
+	// Results holds AlreadyValid for the derivations whose outputs are
+	// all valid (their inputs are not visited); BuildGraph adds the rest.
+	Results map[storepath.Path]*store.BuildResult
+}
+
+// LoadGraph reads the derivations reachable from roots (store paths of
+// .drv files valid in st), stopping at those whose outputs are all valid.
+// Every derivation read and every valid output is made a temp root first,
+// as Nix's DerivationGoal does, so a GC keeps them while the graph builds.
+func LoadGraph(ctx context.Context, st *localstore.Store, roots []storepath.Path) (*Graph, error) {
+	g := &Graph{
+		Drvs:    map[storepath.Path]*derivation.Derivation{},
+		Deps:    map[storepath.Path][]storepath.Path{},
+		Users:   map[storepath.Path][]storepath.Path{},
+		Results: map[storepath.Path]*store.BuildResult{},
+	}
+	return g, g.load(ctx, st, roots)
 }
 
 // load reads the derivations reachable from roots, stopping at those
 // whose outputs are all valid (recorded as AlreadyValid).
-func (g *graph) load(ctx context.Context, st *localstore.Store, roots []storepath.Path) error {
+func (g *Graph) load(ctx context.Context, st *localstore.Store, roots []storepath.Path) error {
 	stack := append([]storepath.Path(nil), roots...)
 	for len(stack) > 0 {
 		p := stack[len(stack)-1]
 		stack = stack[:len(stack)-1]
-		if _, ok := g.drvs[p]; ok {
+		if _, ok := g.Drvs[p]; ok {
 			continue
 		}
 		// Temp roots before reading and checking, as Nix's
@@ -178,7 +190,7 @@ func (g *graph) load(ctx context.Context, st *localstore.Store, roots []storepat
 		if err != nil {
 			return fmt.Errorf("read derivation '%s': %w", p, err)
 		}
-		g.drvs[p] = d
+		g.Drvs[p] = d
 		outs := d.OutputPaths()
 		if len(outs) == len(d.Outputs) && len(outs) > 0 {
 			paths := make([]storepath.Path, 0, len(outs))
@@ -193,29 +205,35 @@ func (g *graph) load(ctx context.Context, st *localstore.Store, roots []storepat
 				return err
 			}
 			if len(valid) == len(paths) {
-				g.results[p] = &store.BuildResult{Status: store.AlreadyValid, BuiltOutputs: outs}
+				g.Results[p] = &store.BuildResult{Status: store.AlreadyValid, BuiltOutputs: outs}
 				continue
 			}
 		}
 		for dep := range d.InputDrvs {
-			g.deps[p] = append(g.deps[p], dep)
-			g.users[dep] = append(g.users[dep], p)
+			g.Deps[p] = append(g.Deps[p], dep)
+			g.Users[dep] = append(g.Users[dep], p)
 			stack = append(stack, dep)
 		}
 	}
 	return nil
 }
 
-// prefixWriter prefixes every line with the derivation's name, writing
-// whole lines under a mutex shared by all builds.
-type prefixWriter struct {
+// PrefixWriter puts a prefix (a derivation's name) before every line,
+// writing whole lines to w under a mutex shared by every writer of w, so
+// that concurrent builds' lines do not mix.
+type PrefixWriter struct {
 	w      io.Writer
 	mu     *sync.Mutex
 	prefix []byte
 	buf    []byte
 }
 
-func (pw *prefixWriter) Write(p []byte) (int, error) {
+// NewPrefixWriter returns a PrefixWriter on w; mu guards w.
+func NewPrefixWriter(w io.Writer, mu *sync.Mutex, prefix string) *PrefixWriter {
+	return &PrefixWriter{w: w, mu: mu, prefix: []byte(prefix)}
+}
+
+func (pw *PrefixWriter) Write(p []byte) (int, error) {
 	pw.buf = append(pw.buf, p...)
 	i := bytes.LastIndexByte(pw.buf, '\n')
 	if i < 0 {
@@ -231,7 +249,7 @@ func (pw *prefixWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func (pw *prefixWriter) emit(chunk []byte) error {
+func (pw *PrefixWriter) emit(chunk []byte) error {
 	var out []byte
 	for len(chunk) > 0 {
 		line := chunk
@@ -248,7 +266,8 @@ func (pw *prefixWriter) emit(chunk []byte) error {
 	return err
 }
 
-func (pw *prefixWriter) flush() {
+// Flush writes a last line that has no newline yet.
+func (pw *PrefixWriter) Flush() {
 	if len(pw.buf) > 0 {
 		pw.emit(append(pw.buf, '\n'))
 		pw.buf = pw.buf[:0]

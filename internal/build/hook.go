@@ -81,7 +81,7 @@ func QuietLog(w io.Writer) io.Writer {
 type quietLog struct{ io.Writer }
 
 func isQuiet(w io.Writer) bool {
-	if pw, ok := w.(*prefixWriter); ok {
+	if pw, ok := w.(*PrefixWriter); ok {
 		w = pw.w
 	}
 	_, ok := w.(quietLog)

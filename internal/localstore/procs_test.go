@@ -321,3 +321,40 @@ func TestCrashSafety(t *testing.T) {
 		}
 	}
 }
+
+// Many handles opening a new store at once all get it: one creates it
+// (exclusive big lock) while the others, which saw no schema yet, wait
+// for it shared rather than for an exclusive lock that the creator,
+// holding the store open, never gives up.
+func TestConcurrentOpenOfNewStore(t *testing.T) {
+	for round := 0; round < 10; round++ {
+		root := filepath.Join(t.TempDir(), "store")
+		const n = 6
+		errs := make(chan error, n)
+		stores := make(chan *Store, n)
+		for i := 0; i < n; i++ {
+			go func() {
+				st, err := Open(root, &Options{NoSync: true})
+				if err == nil {
+					stores <- st
+				}
+				errs <- err
+			}()
+		}
+		timeout := time.After(20 * time.Second)
+		for i := 0; i < n; i++ {
+			select {
+			case err := <-errs:
+				if err != nil {
+					t.Fatalf("round %d: %v", round, err)
+				}
+			case <-timeout:
+				t.Fatalf("round %d: %d of %d opens of a new store did not return", round, n-i, n)
+			}
+		}
+		close(stores)
+		for st := range stores {
+			st.Close()
+		}
+	}
+}

@@ -197,12 +197,32 @@ func (s *Store) openDB(ctx context.Context, dbDir string) error {
 		return err
 	}
 	mode := lock.Shared
+	bigLock := filepath.Join(dbDir, "big-lock")
 	if schema != db.SchemaVersion {
 		mode = lock.Exclusive
+		// Another process may be creating the store right now and go on
+		// holding the lock shared, as every open store does: then wait
+		// for it shared and look again rather than for an exclusive lock
+		// that would never come.
+		if s.big, err = lock.TryBigLock(bigLock, lock.Exclusive); err != nil {
+			return err
+		}
+		if s.big == nil {
+			if s.big, err = lock.AcquireBigLock(ctx, bigLock, lock.Shared); err != nil {
+				return err
+			}
+			if again, err := db.ReadSchemaFile(dbDir); err == nil && again == db.SchemaVersion {
+				mode = lock.Shared
+			} else {
+				s.big.Release()
+				s.big = nil
+			}
+		}
 	}
-	s.big, err = lock.AcquireBigLock(ctx, filepath.Join(dbDir, "big-lock"), mode)
-	if err != nil {
-		return err
+	if s.big == nil {
+		if s.big, err = lock.AcquireBigLock(ctx, bigLock, mode); err != nil {
+			return err
+		}
 	}
 	fail := func(err error) error {
 		if s.db != nil {

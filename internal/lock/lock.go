@@ -131,6 +131,21 @@ func AcquireBigLock(ctx context.Context, path string, mode Mode) (*BigLock, erro
 	return &BigLock{f: f}, nil
 }
 
+// TryBigLock is AcquireBigLock in mode without waiting: nil when another
+// process holds a conflicting lock.
+func TryBigLock(path string, mode Mode) (*BigLock, error) {
+	f, err := OpenLockFile(path)
+	if err != nil {
+		return nil, err
+	}
+	ok, err := TryFlock(f, mode)
+	if err != nil || !ok {
+		f.Close()
+		return nil, err
+	}
+	return &BigLock{f: f}, nil
+}
+
 // Downgrade turns an exclusive big lock into a shared one. flock
 // conversions are not atomic, which is harmless here: the exclusive phase
 // only initialises an empty store.

@@ -11,13 +11,14 @@ import (
 
 	"ferry/internal/build"
 	"ferry/internal/localstore"
+	"ferry/internal/machines"
 	"ferry/internal/settings"
 	"ferry/store"
 )
 
 func init() {
-	register(&command{name: "build", args: "[-j N] [--keep-failed] [--max-silent-time S] [--timeout S] [--max-log-size N] [--cores N] [--sandbox=BOOL] [--json] DRV...",
-		summary: "build .drv files in the store and their dependencies, printing the output paths (as nix-build/nix-store -r)", run: cmdBuild})
+	register(&command{name: "build", args: "[--builders SPEC | --machines FILE] [-j N] [--keep-going] [--log-dir D] [--keep-failed] [--max-silent-time S] [--timeout S] [--max-log-size N] [--cores N] [--sandbox=BOOL] [--json] DRV...",
+		summary: "build .drv files in the store and their dependencies, on build machines or locally, printing the output paths (as nix-build/nix-store -r)", run: cmdBuild})
 }
 
 // buildExitError carries nix-build's exit status for failed builds:
@@ -41,6 +42,10 @@ type buildFlags struct {
 	cores         int
 	sandbox       string
 	json          bool
+	builders      string
+	machinesFile  string
+	keepGoing     bool
+	logDir        string
 }
 
 func cmdBuild(ctx context.Context, e *Env, args []string) error {
@@ -56,6 +61,11 @@ func cmdBuild(ctx context.Context, e *Env, args []string) error {
 	fs.IntVar(&f.cores, "cores", 0, "NIX_BUILD_CORES for builders")
 	fs.StringVar(&f.sandbox, "sandbox", "", "true, false or relaxed: run builders in a sandbox (forced for a store not at /nix/store)")
 	fs.BoolVar(&f.json, "json", false, "print the results as JSON")
+	fs.StringVar(&f.builders, "builders", "", "build machines, in Nix's machines format (default: nix.conf builders)")
+	fs.StringVar(&f.machinesFile, "machines", "", "read the build machines from FILE (as --builders @FILE)")
+	fs.BoolVar(&f.keepGoing, "keep-going", false, "after a failed build, go on with everything that does not depend on it")
+	fs.BoolVar(&f.keepGoing, "k", false, "same as --keep-going")
+	fs.StringVar(&f.logDir, "log-dir", "", "with build machines: write each build's log to D/<drv>.log")
 	ops, err := parseFlags(fs, args)
 	if err != nil {
 		return err
@@ -70,7 +80,23 @@ func cmdBuild(ctx context.Context, e *Env, args []string) error {
 	if err := applyBuildFlags(fs, &f, s); err != nil {
 		return err
 	}
+	builders := s.Builders
+	fs.Visit(func(fl *flag.Flag) {
+		switch fl.Name {
+		case "builders":
+			builders = f.builders
+		case "machines":
+			builders = "@" + f.machinesFile
+		}
+	})
+	ms, err := machines.Parse(builders, s.System)
+	if err != nil {
+		return err
+	}
 	return withConfiguredStore(ctx, e, s, func(st *localstore.Store) error {
+		if len(ms) > 0 {
+			return runRemoteBuild(ctx, e, st, ops, s, ms, &f)
+		}
 		return runBuild(ctx, e, st, ops, s, f.json)
 	})
 }

@@ -1,0 +1,159 @@
+package remote
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"syscall"
+	"time"
+
+	storecopy "ferry/internal/copy"
+	"ferry/internal/localstore"
+	"ferry/internal/serve"
+	"ferry/nix/derivation"
+	"ferry/nix/storepath"
+	"ferry/store"
+)
+
+// Session is a store on a build machine that builds in-memory
+// derivations: an ssh:// store, or anything else store.Open returns that
+// implements store.Builder.
+type Session interface {
+	store.Store
+	store.Builder
+}
+
+// MachineError is a failure of the machine or its session rather than of
+// the derivation: it could not be reached, the session died, it refused
+// the inputs. The build goes elsewhere.
+type MachineError struct {
+	Machine string
+	Err     error
+}
+
+func (e *MachineError) Error() string { return fmt.Sprintf("machine '%s': %v", e.Machine, e.Err) }
+func (e *MachineError) Unwrap() error { return e.Err }
+
+// Times are how long each step of a remote build took.
+type Times struct {
+	CopyIn  time.Duration
+	Build   time.Duration
+	CopyOut time.Duration
+}
+
+// MarshalJSON gives the times in seconds: {"copyIn":0.01,"build":1.2,...}.
+func (t Times) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		CopyIn  float64 `json:"copyIn"`
+		Build   float64 `json:"build"`
+		CopyOut float64 `json:"copyOut"`
+	}{t.CopyIn.Seconds(), t.Build.Seconds(), t.CopyOut.Seconds()})
+}
+
+// Step is one derivation's build on one session.
+type Step struct {
+	DrvPath storepath.Path
+	Drv     *derivation.Derivation
+	// Outputs gives the output paths of an input derivation.
+	Outputs func(storepath.Path) (map[string]storepath.Path, error)
+	// Settings are the limits sent with the build.
+	Settings *store.BuildSettings
+	// Log receives the remote build log.
+	Log io.Writer
+}
+
+// StepResult is what a Step did.
+type StepResult struct {
+	Result    *store.BuildResult
+	Times     Times
+	SentPaths int
+	SentBytes uint64
+	// Received are the outputs copied back, valid in the local store.
+	Received []storepath.Path
+}
+
+// BuildOn builds one derivation on sess as Nix's build-remote does, but
+// with ferry's copy: the input closure the machine lacks (input sources
+// and the used outputs of input derivations) is sent after one locked
+// query, so the machine's GC cannot take what it already had; the
+// derivation goes in memory (BuildDerivation: no .drv file reaches the
+// machine); the outputs come back with their references, verified against
+// their NAR hashes and registered in local, temp-rooted there first.
+//
+// A build that fails is a result with a failure status and a nil error.
+// An error is a *MachineError when the machine or its session failed, so
+// that the caller may try another machine; any other error is the local
+// store's.
+func BuildOn(ctx context.Context, local *localstore.Store, machine string, sess Session, s *Step) (*StepResult, error) {
+	mErr := func(what string, err error) error {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return &MachineError{Machine: machine, Err: fmt.Errorf("%s '%s': %w", what, s.DrvPath, err)}
+	}
+	basic, err := serve.BasicDerivation(s.Drv, s.Outputs)
+	if err != nil {
+		return nil, err
+	}
+	res := &StepResult{}
+	t := time.Now()
+	sent, err := storecopy.Copy(ctx, local, sess, basic.InputSrcs, nil)
+	if err != nil {
+		return nil, mErr("copy the inputs of", err)
+	}
+	res.SentPaths, res.SentBytes = len(sent.Copied), sent.Bytes
+	res.Times.CopyIn = time.Since(t)
+
+	t = time.Now()
+	br, err := sess.BuildDerivation(ctx, s.DrvPath, basic, s.Settings, s.Log)
+	res.Times.Build = time.Since(t)
+	if err != nil {
+		return nil, mErr("build", err)
+	}
+	res.Result = br
+	if !br.Status.Success() {
+		return res, nil
+	}
+
+	outs := br.BuiltOutputs
+	if len(outs) == 0 {
+		outs = s.Drv.OutputPaths()
+	}
+	if want := s.Drv.OutputPaths(); len(want) == len(s.Drv.Outputs) {
+		// Input-addressed outputs are known: the machine must have built
+		// exactly those.
+		for name, p := range want {
+			if got, ok := outs[name]; ok && got != p {
+				return nil, mErr("check the outputs of", fmt.Errorf("output '%s' is %s, want %s", name, got, p))
+			}
+		}
+		outs = want
+	}
+	paths := make([]storepath.Path, 0, len(outs))
+	for _, p := range outs {
+		if err := local.AddTempRoot(ctx, p); err != nil {
+			return nil, err
+		}
+		paths = append(paths, p)
+	}
+	storepath.Sort(paths)
+	t = time.Now()
+	if _, err := storecopy.Copy(ctx, sess, local, paths, nil); err != nil {
+		if isLocal(err) {
+			return nil, err
+		}
+		return nil, mErr("copy back the outputs of", err)
+	}
+	res.Times.CopyOut = time.Since(t)
+	res.Received = paths
+	return res, nil
+}
+
+// isLocal reports whether a copy-back error is the local store's: a full
+// or read-only disk. The copy wraps the two ends' errors alike, and every
+// other one is taken as the machine's.
+func isLocal(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EROFS) || errors.Is(err, syscall.EDQUOT)
+}

@@ -1,0 +1,653 @@
+// Package remote builds a graph of derivations across a pool of build
+// machines (ferry build --builders): the scheduler (internal/schedule)
+// decides where and in which order; this package talks to the machines.
+//
+// Each machine slot (a machines-file line's max jobs) has one session,
+// opened the first time the slot is used, concurrently with every other
+// slot, within the connect time-out, and kept for every later build and
+// copy on that slot. A build on a slot (BuildOn) sends the input closure
+// the machine lacks after one locked query, the derivation in memory, and
+// copies the outputs back, verified, into the local store. The slot also
+// holds Nix's slot lock (internal/machines.Load) while it builds, so a
+// nix-build --builders on the same machine never overbooks it. The local
+// store is one more machine when -j N > 0.
+//
+// A machine that cannot be reached, whose session dies, or that refuses
+// the inputs is reported down to the scheduler, which backs it off and
+// moves its builds; the log says so once. A build that fails is not moved:
+// it is reported with its message and, without KeepGoing, no new build
+// starts. Cancelling the context ends every session, which makes ferry
+// serve and nix-store --serve kill their builders; nothing half-copied is
+// valid on either side, as copies register a path only once it is whole.
+package remote
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"ferry/internal/build"
+	"ferry/internal/localstore"
+	"ferry/internal/machines"
+	"ferry/internal/schedule"
+	"ferry/internal/settings"
+	"ferry/nix/derivation"
+	"ferry/nix/storepath"
+	"ferry/store"
+)
+
+// LocalMachine is the name of the local store among the machines.
+const LocalMachine = "local"
+
+// Options configure Build.
+type Options struct {
+	// Machines are the build machines (a machines file's lines).
+	Machines []*machines.Machine
+	// LocalJobs is how many builds the local store takes at once (-j);
+	// zero builds nothing locally.
+	LocalJobs int
+	// KeepGoing builds everything that does not depend on a failed
+	// build; without it a failure stops new builds.
+	KeepGoing bool
+	// Settings are the local machine's settings and the limits sent with
+	// every remote build (max-silent-time, timeout, max-log-size). Nil
+	// means settings.Default().
+	Settings *settings.Settings
+	// ConnectTimeout bounds opening a session; zero means 10 s.
+	ConnectTimeout time.Duration
+	// Log receives build logs, each line behind "name@machine> ". Nil
+	// discards them.
+	Log io.Writer
+	// LogDir, if set, receives each build's log in <LogDir>/<drv>.log
+	// instead of Log.
+	LogDir string
+	// Messages receives what a person should know as it happens: a
+	// machine down, a build failed. Nil discards it.
+	Messages io.Writer
+	// Progress, if not nil, hears about builds as they start and end.
+	Progress Progress
+	// Open opens a machine's store; nil means store.Open. Tests use it.
+	Open func(ctx context.Context, uri string, opts *store.OpenOptions) (store.Store, error)
+	// Schedule tunes the scheduler (back-off, clock); KeepGoing is set
+	// from above.
+	Schedule schedule.Options
+}
+
+// Progress hears about a run. Its methods are called from one goroutine.
+type Progress interface {
+	// Started says drv started on machine.
+	Started(drv storepath.Path, machine string)
+	// Finished says drv ended on machine with status.
+	Finished(drv storepath.Path, machine string, status string)
+	// Counts gives how many jobs are queued and done.
+	Counts(queued, running, done int)
+}
+
+// Result is what became of one derivation.
+type Result struct {
+	DrvPath  storepath.Path            `json:"drvPath"`
+	Machine  string                    `json:"machine,omitempty"`
+	Status   string                    `json:"status"`
+	Outputs  map[string]storepath.Path `json:"outputs,omitempty"`
+	ErrorMsg string                    `json:"errorMsg,omitempty"`
+	Times    Times                     `json:"times"`
+	Attempts int                       `json:"attempts,omitempty"`
+	// BuildResult is the machine's result of the last attempt, if any.
+	BuildResult *store.BuildResult `json:"-"`
+}
+
+// Success reports whether the derivation's outputs are valid locally.
+func (r *Result) Success() bool { return r.Status == "Built" || r.Status == "AlreadyValid" }
+
+// Build realises the derivations roots (.drv files valid in local) and
+// the input derivations they need on the machines of opts and, with
+// LocalJobs > 0, on local. Every output ends up valid in local. The
+// results hold every derivation of the graph; the error is non-nil when
+// some could not be built (it names them) or ctx ended.
+func Build(ctx context.Context, local *localstore.Store, roots []storepath.Path, opts *Options) (map[storepath.Path]*Result, error) {
+	r, err := newRun(ctx, local, roots, opts)
+	if err != nil {
+		return nil, err
+	}
+	defer r.close()
+	return r.run()
+}
+
+type run struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+	local  *localstore.Store
+	opts   *Options
+	s      *settings.Settings
+	g      *build.Graph
+	sched  *schedule.Scheduler
+	pools  map[string]*pool
+	load   *machines.Load
+	logMu  sync.Mutex
+
+	results map[storepath.Path]*Result
+	done    chan outcome
+	fatal   error
+}
+
+// pool is a remote machine's slots, each with its session.
+type pool struct {
+	m    *machines.Machine
+	free chan *slot
+	all  []*slot
+}
+
+type slot struct {
+	sess Session
+	log  *switchWriter
+}
+
+type outcome struct {
+	job     storepath.Path
+	machine string
+	step    *StepResult
+	res     *store.BuildResult // a local build's
+	err     error
+	times   Times
+}
+
+func newRun(ctx context.Context, local *localstore.Store, roots []storepath.Path, opts *Options) (*run, error) {
+	if opts == nil {
+		opts = &Options{}
+	}
+	r := &run{local: local, opts: opts, s: opts.Settings, pools: map[string]*pool{}, results: map[storepath.Path]*Result{}}
+	if r.s == nil {
+		r.s = settings.Default()
+	}
+	r.s = build.ForStore(local, r.s)
+	r.ctx, r.cancel = context.WithCancel(ctx)
+	g, err := build.LoadGraph(r.ctx, local, roots)
+	if err != nil {
+		return nil, err
+	}
+	r.g = g
+
+	jobs, err := r.jobs()
+	if err != nil {
+		return nil, err
+	}
+	var ms []schedule.Machine
+	for _, m := range opts.Machines {
+		id := m.URI
+		if _, dup := r.pools[id]; dup {
+			return nil, fmt.Errorf("machine '%s' is listed twice (%s:%d)", m.URI, m.Source, m.Line)
+		}
+		p := &pool{m: m, free: make(chan *slot, m.MaxJobs)}
+		for i := 0; i < int(m.MaxJobs); i++ {
+			sl := &slot{log: &switchWriter{}}
+			p.all = append(p.all, sl)
+			p.free <- sl
+		}
+		r.pools[id] = p
+		ms = append(ms, schedule.Machine{ID: id, Systems: m.Systems, SupportedFeatures: m.SupportedFeatures,
+			MandatoryFeatures: m.MandatoryFeatures, MaxJobs: int(m.MaxJobs), SpeedFactor: float64(m.SpeedFactor)})
+	}
+	ms = append(ms, schedule.Machine{ID: LocalMachine, Systems: append([]string{r.s.System}, r.s.ExtraPlatforms...),
+		SupportedFeatures: r.s.SystemFeatures, MaxJobs: opts.LocalJobs, SpeedFactor: 1, Local: true})
+	so := opts.Schedule
+	so.KeepGoing = opts.KeepGoing
+	if r.sched, err = schedule.New(jobs, ms, so); err != nil {
+		return nil, err
+	}
+	if len(opts.Machines) > 0 {
+		if r.load, err = machines.OpenLoad(local.StateDir()); err != nil {
+			return nil, err
+		}
+	}
+	// Room for every slot's outcome, so a finishing build never blocks.
+	r.done = make(chan outcome, len(jobs)+opts.LocalJobs+1)
+	return r, nil
+}
+
+// jobs describes the graph to the scheduler.
+func (r *run) jobs() ([]schedule.Job, error) {
+	var jobs []schedule.Job
+	paths := make([]storepath.Path, 0, len(r.g.Drvs))
+	for p := range r.g.Drvs {
+		paths = append(paths, p)
+	}
+	storepath.Sort(paths)
+	for _, p := range paths {
+		d := r.g.Drvs[p]
+		j := schedule.Job{ID: string(p), System: d.Platform, Features: strings.Fields(d.Env["requiredSystemFeatures"]),
+			PreferLocal: d.Env["preferLocalBuild"] == "1", Valid: r.g.Results[p] != nil}
+		for _, dep := range r.g.Deps[p] {
+			j.Deps = append(j.Deps, string(dep))
+		}
+		sort.Strings(j.Deps)
+		if !j.Valid {
+			if typ, err := d.Type(); err == nil && typ != derivation.TypeInputAddressed && typ != derivation.TypeFixed {
+				return nil, fmt.Errorf("cannot build '%s' on build machines: ferry build --builders builds input-addressed and fixed-output derivations only (build it without --builders)", p)
+			}
+			inputs, err := r.inputSizes(d.InputSrcs)
+			if err != nil {
+				return nil, err
+			}
+			j.Inputs = inputs
+		}
+		jobs = append(jobs, j)
+	}
+	return jobs, nil
+}
+
+// inputSizes is the closure of srcs in the local store with NAR sizes.
+func (r *run) inputSizes(srcs []storepath.Path) ([]schedule.Input, error) {
+	if len(srcs) == 0 {
+		return nil, nil
+	}
+	closure, err := r.local.QueryClosure(r.ctx, srcs, false)
+	if err != nil {
+		return nil, err
+	}
+	infos, err := r.local.QueryPathInfos(r.ctx, closure)
+	if err != nil {
+		return nil, err
+	}
+	in := make([]schedule.Input, 0, len(infos))
+	for _, info := range infos {
+		in = append(in, schedule.Input{Path: string(info.Path), Size: info.NarSize})
+	}
+	return in, nil
+}
+
+func (r *run) close() {
+	r.cancel()
+	for _, p := range r.pools {
+		for _, sl := range p.all {
+			if sl.sess != nil {
+				sl.sess.Close()
+			}
+		}
+	}
+}
+
+func (r *run) say(format string, a ...any) {
+	if r.opts.Messages != nil {
+		r.logMu.Lock()
+		fmt.Fprintf(r.opts.Messages, format+"\n", a...)
+		r.logMu.Unlock()
+	}
+}
+
+// run drives the scheduler until every job is final.
+func (r *run) run() (map[storepath.Path]*Result, error) {
+	running := 0
+	for _, err := range r.sched.Unbuildable() {
+		r.say("error: %v", err)
+	}
+	for {
+		for _, ev := range r.sched.Events() {
+			r.say("%s", ev)
+		}
+		if r.sched.Finished() || (r.fatal != nil && running == 0) {
+			break
+		}
+		if r.fatal == nil && r.ctx.Err() == nil {
+			for _, a := range r.sched.Next() {
+				running++
+				r.start(a)
+			}
+		}
+		if r.opts.Progress != nil {
+			r.counts(running)
+		}
+		if running == 0 && (r.fatal != nil || r.ctx.Err() != nil) {
+			break
+		}
+		var wake <-chan time.Time
+		if t, ok := r.sched.NextWake(); ok && running == 0 || ok && t.After(time.Now()) {
+			d := time.Until(t)
+			if d < time.Millisecond {
+				d = time.Millisecond
+			}
+			wake = time.After(d)
+		} else if running == 0 {
+			if !r.sched.Finished() {
+				r.fatal = errors.New("the scheduler has nothing to run and nothing to wait for")
+			}
+			break
+		}
+		select {
+		case o := <-r.done:
+			running--
+			r.finish(o)
+		case <-wake:
+		case <-r.ctx.Done():
+			if r.fatal == nil {
+				r.fatal = r.ctx.Err()
+			}
+			// Sessions end (close), builders die; wait for the slots.
+			for running > 0 {
+				o := <-r.done
+				running--
+				r.finish(o)
+			}
+		}
+	}
+	return r.collect()
+}
+
+func (r *run) counts(running int) {
+	queued, done := 0, 0
+	for p := range r.g.Drvs {
+		res, ok := r.sched.Result(string(p))
+		switch {
+		case ok && res.Status.Final():
+			done++
+		case ok && res.Status != schedule.Running:
+			queued++
+		}
+	}
+	r.opts.Progress.Counts(queued, running, done)
+}
+
+// start runs an assignment in its own goroutine.
+func (r *run) start(a schedule.Assignment) {
+	p := storepath.Path(a.Job)
+	d := r.g.Drvs[p]
+	if r.opts.Progress != nil {
+		r.opts.Progress.Started(p, a.Machine)
+	}
+	go func() {
+		o := outcome{job: p, machine: a.Machine}
+		// Another attempt may have made the outputs valid meanwhile (a
+		// build moved off a machine that was only slow).
+		if valid, err := r.outputsValid(d); err == nil && valid {
+			o.res = &store.BuildResult{Status: store.AlreadyValid, BuiltOutputs: d.OutputPaths()}
+			r.done <- o
+			return
+		}
+		log, closeLog := r.buildLog(p, d, a.Machine)
+		defer closeLog()
+		if a.Machine == LocalMachine {
+			t := time.Now()
+			o.res, o.err = build.Build(r.ctx, r.local, p, d, &build.Options{Settings: r.s, Log: log})
+			o.times.Build = time.Since(t)
+		} else {
+			o.step, o.err = r.remote(r.pools[a.Machine], p, d, log)
+			if o.step != nil {
+				o.res, o.times = o.step.Result, o.step.Times
+			}
+		}
+		if pw, ok := log.(*build.PrefixWriter); ok {
+			pw.Flush()
+		}
+		r.done <- o
+	}()
+}
+
+func (r *run) outputsValid(d *derivation.Derivation) (bool, error) {
+	outs := d.OutputPaths()
+	if len(outs) == 0 || len(outs) != len(d.Outputs) {
+		return false, nil
+	}
+	paths := make([]storepath.Path, 0, len(outs))
+	for _, o := range outs {
+		paths = append(paths, o)
+	}
+	valid, err := r.local.QueryValidPaths(r.ctx, paths)
+	return len(valid) == len(paths), err
+}
+
+// buildLog is where a build's log goes: a file in LogDir, or Log behind
+// "name@machine> ".
+func (r *run) buildLog(p storepath.Path, d *derivation.Derivation, machine string) (io.Writer, func()) {
+	if r.opts.LogDir != "" {
+		f, err := os.Create(filepath.Join(r.opts.LogDir, p.Base()+".log"))
+		if err == nil {
+			return f, func() { f.Close() }
+		}
+		r.say("warning: cannot write the log of '%s': %v", p, err)
+	}
+	if r.opts.Log == nil {
+		return io.Discard, func() {}
+	}
+	return build.NewPrefixWriter(r.opts.Log, &r.logMu, d.Name+"@"+machineName(machine)+"> "), func() {}
+}
+
+// machineName is how log prefixes name a machine: its host.
+func machineName(uri string) string {
+	if uri == LocalMachine {
+		return uri
+	}
+	if u, err := store.ParseURI(uri); err == nil && u.Authority != "" {
+		return u.Authority
+	}
+	return uri
+}
+
+// remote builds p on a slot of pl, opening the slot's session if need be.
+func (r *run) remote(pl *pool, p storepath.Path, d *derivation.Derivation, log io.Writer) (*StepResult, error) {
+	var sl *slot
+	select {
+	case sl = <-pl.free:
+	case <-r.ctx.Done():
+		return nil, r.ctx.Err()
+	}
+	defer func() { pl.free <- sl }()
+	lock, err := r.slotLock(pl.m)
+	if err != nil {
+		return nil, err
+	}
+	defer lock.Release()
+	if sl.sess == nil {
+		sess, err := r.open(pl.m, sl.log)
+		if err != nil {
+			return nil, err
+		}
+		sl.sess = sess
+		r.sched.MachineUp(pl.m.URI)
+	}
+	sl.log.set(log)
+	defer sl.log.set(nil)
+	step := &Step{DrvPath: p, Drv: d, Outputs: r.outputsOf, Settings: r.buildSettings(), Log: log}
+	res, err := BuildOn(r.ctx, r.local, pl.m.URI, sl.sess, step)
+	var me *MachineError
+	if errors.As(err, &me) || r.ctx.Err() != nil {
+		sl.sess.Close()
+		sl.sess = nil
+	}
+	return res, err
+}
+
+// slotLock takes one of Nix's slot locks of m, waiting while other
+// processes (a nix-build --builders) hold them all.
+func (r *run) slotLock(m *machines.Machine) (*machines.Slot, error) {
+	for {
+		s, err := r.load.TryAcquire(m)
+		if err != nil || s != nil {
+			return s, err
+		}
+		select {
+		case <-time.After(100 * time.Millisecond):
+		case <-r.ctx.Done():
+			return nil, r.ctx.Err()
+		}
+	}
+}
+
+// open starts a session with m within the connect time-out.
+func (r *run) open(m *machines.Machine, log io.Writer) (Session, error) {
+	timeout := r.opts.ConnectTimeout
+	if timeout <= 0 {
+		timeout = 10 * time.Second
+	}
+	open := r.opts.Open
+	if open == nil {
+		open = store.Open
+	}
+	st, err := open(r.ctx, m.StoreURI(), &store.OpenOptions{Log: log, BareLog: true, ConnectTimeout: timeout})
+	if err != nil {
+		if r.ctx.Err() != nil {
+			return nil, r.ctx.Err()
+		}
+		return nil, &MachineError{Machine: m.URI, Err: fmt.Errorf("cannot connect: %w", err)}
+	}
+	sess, ok := st.(Session)
+	if !ok {
+		st.Close()
+		return nil, &MachineError{Machine: m.URI, Err: errors.New("the store cannot build derivations")}
+	}
+	if st.Dir() != r.local.Dir() {
+		st.Close()
+		return nil, &MachineError{Machine: m.URI, Err: fmt.Errorf("its store directory is %s, the local one %s", st.Dir(), r.local.Dir())}
+	}
+	return sess, nil
+}
+
+func (r *run) buildSettings() *store.BuildSettings {
+	return &store.BuildSettings{MaxSilentTime: r.s.MaxSilentTime, Timeout: r.s.Timeout, MaxLogSize: r.s.MaxLogSize}
+}
+
+// outputsOf gives the output paths of an input derivation of the graph.
+func (r *run) outputsOf(p storepath.Path) (map[string]storepath.Path, error) {
+	d, ok := r.g.Drvs[p]
+	if !ok {
+		var err error
+		if d, err = r.local.ReadDerivation(r.ctx, p); err != nil {
+			return nil, err
+		}
+	}
+	return d.OutputPaths(), nil
+}
+
+// finish tells the scheduler how an assignment went.
+func (r *run) finish(o outcome) {
+	res := r.result(o.job)
+	res.Attempts++
+	res.Machine, res.Times = o.machine, o.times
+	var me *MachineError
+	switch {
+	case errors.As(o.err, &me):
+		res.ErrorMsg = me.Error()
+		if r.ctx.Err() == nil {
+			r.sched.MachineDown(o.machine, me.Err)
+		}
+	case o.err != nil:
+		res.ErrorMsg = o.err.Error()
+		if r.fatal == nil {
+			r.fatal = fmt.Errorf("build of '%s' on '%s': %w", o.job, o.machine, o.err)
+			r.cancel()
+		}
+	case o.res.Status.Success():
+		res.BuildResult = o.res
+		var outs []schedule.Input
+		var paths []string
+		for _, p := range r.g.Drvs[o.job].OutputPaths() {
+			paths = append(paths, string(p))
+			if info, err := r.local.QueryPathInfo(r.ctx, p); err == nil {
+				outs = append(outs, schedule.Input{Path: string(p), Size: info.NarSize})
+			}
+		}
+		r.sched.Done(string(o.job), o.machine, outs...)
+		r.sched.Holds(LocalMachine, paths...)
+	default:
+		res.BuildResult = o.res
+		res.ErrorMsg = o.res.ErrorMsg
+		if o.machine == LocalMachine {
+			r.say("error: %s", o.res.ErrorMsg)
+		} else {
+			r.say("error: build of '%s' on '%s' failed: %s", o.job, o.machine, o.res.ErrorMsg)
+		}
+		r.sched.Failed(string(o.job), o.machine, errors.New(o.res.ErrorMsg))
+	}
+	if r.opts.Progress != nil {
+		st := "failed"
+		if o.err == nil && o.res.Status.Success() {
+			st = o.res.Status.String()
+		}
+		r.opts.Progress.Finished(o.job, o.machine, st)
+	}
+}
+
+func (r *run) result(p storepath.Path) *Result {
+	res := r.results[p]
+	if res == nil {
+		res = &Result{DrvPath: p}
+		r.results[p] = res
+	}
+	return res
+}
+
+// collect gives every job's final state.
+func (r *run) collect() (map[storepath.Path]*Result, error) {
+	var failed []string
+	for p, d := range r.g.Drvs {
+		res := r.result(p)
+		sr, _ := r.sched.Result(string(p))
+		switch sr.Status {
+		case schedule.Built:
+			res.Status = "Built"
+			if res.BuildResult != nil && res.BuildResult.Status == store.AlreadyValid {
+				res.Status = "AlreadyValid"
+			}
+			res.Outputs = d.OutputPaths()
+		case schedule.Valid:
+			res.Status, res.Outputs, res.Machine = "AlreadyValid", d.OutputPaths(), ""
+		case schedule.Failed:
+			res.Status = "Failed"
+			if res.BuildResult != nil {
+				res.Status = res.BuildResult.Status.String()
+			}
+		case schedule.DependencyFailed:
+			res.Status, res.Machine = "DependencyFailed", ""
+			if sr.Err != nil {
+				res.ErrorMsg = sr.Err.Error()
+			}
+		case schedule.Unbuildable:
+			res.Status, res.Machine = "Unbuildable", ""
+			if sr.Err != nil {
+				res.ErrorMsg = sr.Err.Error()
+			}
+		default:
+			res.Status, res.Machine = "Cancelled", ""
+		}
+		if !res.Success() {
+			failed = append(failed, string(p))
+		}
+	}
+	sort.Strings(failed)
+	if r.fatal != nil {
+		return r.results, r.fatal
+	}
+	if len(failed) > 0 {
+		return r.results, fmt.Errorf("%d derivations failed to build: '%s'", len(failed), strings.Join(failed, "', '"))
+	}
+	return r.results, nil
+}
+
+// switchWriter passes writes on to the writer set last (none: dropped):
+// a slot's session writes the far stderr to it, and each build on the
+// slot points it at that build's log.
+type switchWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *switchWriter) set(w io.Writer) {
+	s.mu.Lock()
+	s.w = w
+	s.mu.Unlock()
+}
+
+func (s *switchWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.w == nil {
+		return len(p), nil
+	}
+	s.w.Write(p)
+	return len(p), nil
+}

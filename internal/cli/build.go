@@ -17,7 +17,7 @@ import (
 )
 
 func init() {
-	register(&command{name: "build", args: "[--builders SPEC | --machines FILE] [-j N] [--keep-going] [--log-dir D] [--keep-failed] [--max-silent-time S] [--timeout S] [--max-log-size N] [--cores N] [--sandbox=BOOL] [--json] DRV...",
+	register(&command{name: "build", args: "[--builders SPEC | --machines FILE] [-j N] [--keep-going] [--log-dir D] [--connect-timeout D] [--keep-failed] [--max-silent-time S] [--timeout S] [--max-log-size N] [--cores N] [--sandbox=BOOL] [--json] DRV...",
 		summary: "build .drv files in the store and their dependencies, on build machines or locally, printing the output paths (as nix-build/nix-store -r)", run: cmdBuild})
 }
 
@@ -46,6 +46,7 @@ type buildFlags struct {
 	machinesFile  string
 	keepGoing     bool
 	logDir        string
+	connTimeout   time.Duration
 }
 
 func cmdBuild(ctx context.Context, e *Env, args []string) error {
@@ -66,6 +67,7 @@ func cmdBuild(ctx context.Context, e *Env, args []string) error {
 	fs.BoolVar(&f.keepGoing, "keep-going", false, "after a failed build, go on with everything that does not depend on it")
 	fs.BoolVar(&f.keepGoing, "k", false, "same as --keep-going")
 	fs.StringVar(&f.logDir, "log-dir", "", "with build machines: write each build's log to D/<drv>.log")
+	fs.DurationVar(&f.connTimeout, "connect-timeout", 0, "how long a build machine may take to answer (default 10s)")
 	ops, err := parseFlags(fs, args)
 	if err != nil {
 		return err
@@ -89,6 +91,9 @@ func cmdBuild(ctx context.Context, e *Env, args []string) error {
 			builders = "@" + f.machinesFile
 		}
 	})
+	if f.connTimeout > 0 {
+		e.ConnectTimeout = f.connTimeout
+	}
 	ms, err := machines.Parse(builders, s.System)
 	if err != nil {
 		return err

@@ -129,12 +129,23 @@ type run struct {
 	g      *build.Graph
 	sched  *schedule.Scheduler
 	pools  map[string]*pool
+	names  map[string]string // machine URI → its name in log prefixes
 	load   *machines.Load
 	logMu  sync.Mutex
 
 	results map[storepath.Path]*Result
 	done    chan outcome
 	fatal   error
+	// live maps a running job to its attempt's serial and machine; an
+	// outcome of an attempt no longer live (its machine was reported down
+	// and the job moved) changes nothing but the machine's state.
+	live   map[storepath.Path]attempt
+	serial int
+}
+
+type attempt struct {
+	serial  int
+	machine string
 }
 
 // pool is a remote machine's slots, each with its session.
@@ -152,6 +163,12 @@ type slot struct {
 type outcome struct {
 	job     storepath.Path
 	machine string
+	serial  int
+	// connected: the attempt opened its slot's session.
+	connected bool
+	// already: the outputs were found valid before the build started
+	// (an earlier attempt, moved off a machine reported down, made them).
+	already bool
 	step    *StepResult
 	res     *store.BuildResult // a local build's
 	err     error
@@ -162,7 +179,7 @@ func newRun(ctx context.Context, local *localstore.Store, roots []storepath.Path
 	if opts == nil {
 		opts = &Options{}
 	}
-	r := &run{local: local, opts: opts, s: opts.Settings, pools: map[string]*pool{}, results: map[storepath.Path]*Result{}}
+	r := &run{local: local, opts: opts, s: opts.Settings, pools: map[string]*pool{}, names: machineNames(opts.Machines), results: map[storepath.Path]*Result{}, live: map[storepath.Path]attempt{}}
 	if r.s == nil {
 		r.s = settings.Default()
 	}
@@ -360,12 +377,16 @@ func (r *run) start(a schedule.Assignment) {
 	if r.opts.Progress != nil {
 		r.opts.Progress.Started(p, a.Machine)
 	}
+	r.serial++
+	serial := r.serial
+	r.live[p] = attempt{serial, a.Machine}
 	go func() {
-		o := outcome{job: p, machine: a.Machine}
+		o := outcome{job: p, machine: a.Machine, serial: serial}
 		// Another attempt may have made the outputs valid meanwhile (a
 		// build moved off a machine that was only slow).
 		if valid, err := r.outputsValid(d); err == nil && valid {
 			o.res = &store.BuildResult{Status: store.AlreadyValid, BuiltOutputs: d.OutputPaths()}
+			o.already = true
 			r.done <- o
 			return
 		}
@@ -376,7 +397,7 @@ func (r *run) start(a schedule.Assignment) {
 			o.res, o.err = build.Build(r.ctx, r.local, p, d, &build.Options{Settings: r.s, Log: log})
 			o.times.Build = time.Since(t)
 		} else {
-			o.step, o.err = r.remote(r.pools[a.Machine], p, d, log)
+			o.step, o.connected, o.err = r.remote(r.pools[a.Machine], p, d, log)
 			if o.step != nil {
 				o.res, o.times = o.step.Result, o.step.Times
 			}
@@ -414,52 +435,74 @@ func (r *run) buildLog(p storepath.Path, d *derivation.Derivation, machine strin
 	if r.opts.Log == nil {
 		return io.Discard, func() {}
 	}
-	return build.NewPrefixWriter(r.opts.Log, &r.logMu, d.Name+"@"+machineName(machine)+"> "), func() {}
+	return build.NewPrefixWriter(r.opts.Log, &r.logMu, d.Name+"@"+r.names[machine]+"> "), func() {}
 }
 
-// machineName is how log prefixes name a machine: its host.
-func machineName(uri string) string {
+// hostOf is how log prefixes name a machine: its host (without user).
+func hostOf(uri string) string {
 	if uri == LocalMachine {
 		return uri
 	}
 	if u, err := store.ParseURI(uri); err == nil && u.Authority != "" {
-		return u.Authority
+		a := u.Authority
+		if i := strings.LastIndexByte(a, '@'); i >= 0 {
+			a = a[i+1:]
+		}
+		return a
 	}
 	return uri
 }
 
+// machineNames names each machine for log prefixes: its host, with "#N"
+// (its place among the machines, from 1) when several share the host.
+func machineNames(ms []*machines.Machine) map[string]string {
+	hosts := map[string]int{}
+	for _, m := range ms {
+		hosts[hostOf(m.URI)]++
+	}
+	names := map[string]string{LocalMachine: LocalMachine}
+	for i, m := range ms {
+		h := hostOf(m.URI)
+		if hosts[h] > 1 {
+			h = fmt.Sprintf("%s#%d", h, i+1)
+		}
+		names[m.URI] = h
+	}
+	return names
+}
+
 // remote builds p on a slot of pl, opening the slot's session if need be.
-func (r *run) remote(pl *pool, p storepath.Path, d *derivation.Derivation, log io.Writer) (*StepResult, error) {
+func (r *run) remote(pl *pool, p storepath.Path, d *derivation.Derivation, log io.Writer) (res *StepResult, connected bool, err error) {
 	var sl *slot
 	select {
 	case sl = <-pl.free:
 	case <-r.ctx.Done():
-		return nil, r.ctx.Err()
+		return nil, false, r.ctx.Err()
 	}
 	defer func() { pl.free <- sl }()
 	lock, err := r.slotLock(pl.m)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	defer lock.Release()
 	if sl.sess == nil {
 		sess, err := r.open(pl.m, sl.log)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		sl.sess = sess
-		r.sched.MachineUp(pl.m.URI)
+		connected = true
 	}
 	sl.log.set(log)
 	defer sl.log.set(nil)
 	step := &Step{DrvPath: p, Drv: d, Outputs: r.outputsOf, Settings: r.buildSettings(), Log: log}
-	res, err := BuildOn(r.ctx, r.local, pl.m.URI, sl.sess, step)
+	res, err = BuildOn(r.ctx, r.local, pl.m.URI, sl.sess, step)
 	var me *MachineError
 	if errors.As(err, &me) || r.ctx.Err() != nil {
 		sl.sess.Close()
 		sl.sess = nil
 	}
-	return res, err
+	return res, connected, err
 }
 
 // slotLock takes one of Nix's slot locks of m, waiting while other
@@ -525,15 +568,31 @@ func (r *run) outputsOf(p storepath.Path) (map[string]storepath.Path, error) {
 
 // finish tells the scheduler how an assignment went.
 func (r *run) finish(o outcome) {
+	if o.connected {
+		r.sched.MachineUp(o.machine)
+	}
+	if a, ok := r.live[o.job]; !ok || a.serial != o.serial {
+		// A stale attempt: its job was moved when its machine went
+		// down. Its outputs, if it made them, are valid and the next
+		// attempt finds them so.
+		var me *MachineError
+		if errors.As(o.err, &me) && r.ctx.Err() == nil {
+			r.machineDown(o.machine, me.Err)
+		}
+		return
+	}
+	delete(r.live, o.job)
 	res := r.result(o.job)
-	res.Attempts++
-	res.Machine, res.Times = o.machine, o.times
+	if !o.already || res.Machine == "" {
+		res.Attempts++
+		res.Machine, res.Times = o.machine, o.times
+	}
 	var me *MachineError
 	switch {
 	case errors.As(o.err, &me):
 		res.ErrorMsg = me.Error()
 		if r.ctx.Err() == nil {
-			r.sched.MachineDown(o.machine, me.Err)
+			r.machineDown(o.machine, me.Err)
 		}
 	case o.err != nil:
 		res.ErrorMsg = o.err.Error()
@@ -542,7 +601,9 @@ func (r *run) finish(o outcome) {
 			r.cancel()
 		}
 	case o.res.Status.Success():
-		res.BuildResult = o.res
+		if !o.already || res.BuildResult == nil {
+			res.BuildResult = o.res
+		}
 		var outs []schedule.Input
 		var paths []string
 		for _, p := range r.g.Drvs[o.job].OutputPaths() {
@@ -569,6 +630,17 @@ func (r *run) finish(o outcome) {
 			st = o.res.Status.String()
 		}
 		r.opts.Progress.Finished(o.job, o.machine, st)
+	}
+}
+
+// machineDown reports m down; the scheduler moves its running jobs,
+// whose attempts are no longer live.
+func (r *run) machineDown(m string, err error) {
+	r.sched.MachineDown(m, err)
+	for p, a := range r.live {
+		if a.machine == m {
+			delete(r.live, p)
+		}
 	}
 }
 

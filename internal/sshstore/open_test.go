@@ -58,17 +58,17 @@ func TestCommand(t *testing.T) {
 		{"ssh://localhost?remote-program=/opt/ferry&remote-store=/tmp/s", []string{"sh", "-c", "/opt/ferry --serve --write --store '/tmp/s'"}},
 		// As Nix's fakeSSH: only the bare name "localhost" skips ssh.
 		{"ssh://bob@localhost", []string{"ssh", "bob@localhost", "-x", "-a", "-o", "ServerAliveInterval=5", "-v", "nix-store --serve --write"}},
-		{"ssh://localhost:22", []string{"ssh", "localhost", "-x", "-a", "-o", "ServerAliveInterval=5", "-v", "-p", "22", "nix-store --serve --write"}},
+		{"ssh://localhost:22", []string{"ssh", "localhost", "-x", "-a", "-p", "22", "-o", "ServerAliveInterval=5", "-v", "nix-store --serve --write"}},
 		{"ssh://host", []string{"ssh", "host", "-x", "-a", "-o", "ServerAliveInterval=5", "-v", "nix-store --serve --write"}},
 		{
 			"ssh://user@host:2222?remote-program=ferry&remote-store=/s&ssh-key=/k/id&base64-ssh-public-host-key=" + url.QueryEscape(key) + "&compress=true",
-			[]string{"ssh", "user@host", "-x", "-a", "-o", "ServerAliveInterval=5", "-v", "-i", "/k/id", "-oUserKnownHostsFile=/tmp/F", "-C", "-p", "2222", `ferry --serve --write --store '/s'`},
+			[]string{"ssh", "user@host", "-x", "-a", "-p", "2222", "-o", "ServerAliveInterval=5", "-v", "-i", "/k/id", "-oUserKnownHostsFile=/tmp/F", "-C", `ferry --serve --write --store '/s'`},
 		},
 		{"ssh://host?remote-store=/tmp/it's%20here", []string{"ssh", "host", "-x", "-a", "-o", "ServerAliveInterval=5", "-v", `nix-store --serve --write --store '/tmp/it'\''s here'`}},
 		{"ssh://host?compress=false", []string{"ssh", "host", "-x", "-a", "-o", "ServerAliveInterval=5", "-v", "nix-store --serve --write"}},
 		{"ssh://host?remote-program=", []string{"ssh", "host", "-x", "-a", "-o", "ServerAliveInterval=5", "-v", "nix-store --serve --write"}},
-		{"ssh://[::1]:2222", []string{"ssh", "::1", "-x", "-a", "-o", "ServerAliveInterval=5", "-v", "-p", "2222", "nix-store --serve --write"}},
-		{"ssh://u@[::1]:2222", []string{"ssh", "u@::1", "-x", "-a", "-o", "ServerAliveInterval=5", "-v", "-p", "2222", "nix-store --serve --write"}},
+		{"ssh://[::1]:2222", []string{"ssh", "::1", "-x", "-a", "-p", "2222", "-o", "ServerAliveInterval=5", "-v", "nix-store --serve --write"}},
+		{"ssh://u@[::1]:2222", []string{"ssh", "u@::1", "-x", "-a", "-p", "2222", "-o", "ServerAliveInterval=5", "-v", "nix-store --serve --write"}},
 		{"ssh://[::1]", []string{"ssh", "[::1]", "-x", "-a", "-o", "ServerAliveInterval=5", "-v", "nix-store --serve --write"}},
 		{"ssh://::1", []string{"ssh", "::1", "-x", "-a", "-o", "ServerAliveInterval=5", "-v", "nix-store --serve --write"}},
 	} {

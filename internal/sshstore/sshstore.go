@@ -187,6 +187,11 @@ func Command(u *store.URI, p *Params, knownHosts string) (argv []string, err err
 	}
 	hostPort, port := splitPort(host)
 	argv = []string{"ssh", hostPort, "-x", "-a"}
+	if port != "" {
+		// Before NIX_SSHOPTS: ssh takes the first -p it is given, and
+		// the URI's port names this machine, NIX_SSHOPTS every one.
+		argv = append(argv, "-p", port)
+	}
 	argv = append(argv, strings.Fields(os.Getenv("NIX_SSHOPTS"))...)
 	if p.SSHKey != "" {
 		argv = append(argv, "-i", p.SSHKey)
@@ -196,9 +201,6 @@ func Command(u *store.URI, p *Params, knownHosts string) (argv []string, err err
 	}
 	if p.Compress {
 		argv = append(argv, "-C")
-	}
-	if port != "" {
-		argv = append(argv, "-p", port)
 	}
 	return append(argv, cmd), nil
 }

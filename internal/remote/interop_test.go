@@ -1,0 +1,525 @@
+package remote_test
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"ferry/internal/nixtest"
+	"ferry/internal/sandbox"
+	"ferry/internal/sshtest"
+)
+
+func TestMain(m *testing.M) {
+	sandbox.Init()
+	code := m.Run()
+	nixtest.RemoveFerryBin()
+	os.Exit(code)
+}
+
+// graphNix is a graph of 33 derivations: leaves with two outputs that use
+// an input source, mids that fan in from two leaves, three derivations
+// that require the feature "special", five tops that fan in from every
+// mid, and a root over the tops and the special ones.
+const graphNix = `{ system, n ? 12, tag ? "" }:
+let
+  mk = name: attrs: derivation ({ inherit name system; builder = "/bin/sh"; } // attrs);
+  src = ./input.txt;
+  leaves = builtins.genList (i: mk "leaf-${toString i}" {
+    outputs = [ "out" "doc" ];
+    args = [ "-c" "echo leaf ${toString i} ${tag} > $out; cat ${src} > $doc; echo built leaf ${toString i}" ];
+  }) n;
+  mids = builtins.genList (i: mk "mid-${toString i}" {
+    args = [ "-c" "cat ${builtins.elemAt leaves i} ${(builtins.elemAt leaves (n - 1 - i)).doc} > $out" ];
+  }) n;
+  special = builtins.genList (i: mk "special-${toString i}" {
+    requiredSystemFeatures = [ "special" ];
+    args = [ "-c" "cat ${builtins.elemAt mids i} > $out" ];
+  }) 3;
+  tops = builtins.genList (i: mk "top-${toString i}" {
+    args = [ "-c" "mkdir $out; cat ${builtins.concatStringsSep " " (map toString mids)} > $out/all; echo ${toString i} > $out/i" ];
+  }) 5;
+in mk "root" { args = [ "-c" "mkdir $out; echo ${builtins.concatStringsSep " " (map toString (tops ++ special))} > $out/refs" ]; }
+`
+
+type env struct {
+	t      *testing.T
+	ferry  string
+	system string
+	sshd   *sshtest.Server
+	dir    string
+	expr   string
+	clEnv  []string
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	nixtest.RequireNix(t)
+	nixtest.Require(t, "ssh", "busybox")
+	e := &env{t: t, ferry: nixtest.FerryBin(t), sshd: sshtest.Start(t, nil), dir: t.TempDir()}
+	e.system = strings.Trim(nixtest.Line(t, "nix-instantiate", "--eval", "--expr", "builtins.currentSystem"), `"`)
+	if err := os.WriteFile(filepath.Join(e.dir, "input.txt"), []byte("an input source\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.expr = filepath.Join(e.dir, "graph.nix")
+	if err := os.WriteFile(e.expr, []byte(graphNix), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.clEnv = append(nixtest.Env(filepath.Join(e.dir, "client")), e.sshd.Env()...)
+	return e
+}
+
+// machine is a machines line for a builder store behind the sshd, run by
+// program (a wrapper script or the program itself). The builder's store
+// declares the machine's supported features as its own (the store URI's
+// system-features=), as a builder's nix.conf would.
+func (e *env) machine(program, store, rest string) string {
+	remote := store
+	if f := strings.Fields(rest); len(f) > 2 {
+		remote += "%3Fsystem-features%3D" + strings.ReplaceAll(f[2], ",", "%20")
+	}
+	return e.sshd.URI() + "?remote-program=" + program + "&remote-store=" + remote + " " + e.system + " " + e.sshd.KeyFile + " " + rest
+}
+
+// script writes an executable shell script.
+func (e *env) script(name, body string) string {
+	p := filepath.Join(e.dir, name)
+	if err := os.WriteFile(p, []byte("#!/bin/sh\n"+body), 0o755); err != nil {
+		e.t.Fatal(err)
+	}
+	return p
+}
+
+// instantiate writes the graph's derivations into a fresh client store.
+func (e *env) instantiate(local string, args ...string) string {
+	e.t.Helper()
+	return nixtest.Line(e.t, "nix-instantiate", append([]string{"--store", local, "--argstr", "system", e.system, e.expr}, args...)...)
+}
+
+type runResult struct {
+	code           int
+	stdout, stderr string
+	results        []result
+}
+
+type result struct {
+	DrvPath  string            `json:"drvPath"`
+	Machine  string            `json:"machine"`
+	Status   string            `json:"status"`
+	Outputs  map[string]string `json:"outputs"`
+	ErrorMsg string            `json:"errorMsg"`
+	Attempts int               `json:"attempts"`
+}
+
+// ferryBuild runs ferry build --builders with --json and returns what it
+// said; watch, if not nil, sees each stderr line as it comes.
+func (e *env) ferryBuild(local, machines string, watch func(string), args ...string) *runResult {
+	e.t.Helper()
+	mf := filepath.Join(e.dir, fmt.Sprintf("machines-%d", time.Now().UnixNano()))
+	if err := os.WriteFile(mf, []byte(machines+"\n"), 0o644); err != nil {
+		e.t.Fatal(err)
+	}
+	cmd := exec.Command(e.ferry, append([]string{"--store", local, "build", "--json", "--machines", mf}, args...)...)
+	cmd.Env = e.clEnv
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	pr, pw := io.Pipe()
+	cmd.Stderr = pw
+	var errBuf bytes.Buffer
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			errBuf.WriteString(sc.Text() + "\n")
+			if watch != nil {
+				watch(sc.Text())
+			}
+		}
+	}()
+	err := cmd.Run()
+	pw.Close()
+	wg.Wait()
+	r := &runResult{stdout: out.String(), stderr: errBuf.String()}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		r.code = ee.ExitCode()
+	} else if err != nil {
+		e.t.Fatal(err)
+	}
+	if s := strings.TrimSpace(r.stdout); s != "" {
+		if err := json.Unmarshal([]byte(s), &r.results); err != nil {
+			e.t.Fatalf("--json: %v\n%s", err, s)
+		}
+	}
+	return r
+}
+
+func (r *runResult) byName() map[string]result {
+	m := map[string]result{}
+	for _, x := range r.results {
+		name := strings.TrimSuffix(filepath.Base(x.DrvPath)[33:], ".drv")
+		m[name] = x
+	}
+	return m
+}
+
+// verify requires nix-store --verify --check-contents to find st sound.
+func verify(t *testing.T, st string) {
+	t.Helper()
+	_, stderr, err := nixtest.Try(t, nil, "nix-store", "--store", st, "--verify", "--check-contents")
+	for _, l := range strings.Split(strings.TrimSpace(string(stderr)), "\n") {
+		if l != "" && !strings.HasPrefix(l, "reading the Nix store") && !strings.HasPrefix(l, "checking ") {
+			err = errors.Join(err, errors.New(l))
+		}
+	}
+	if err != nil {
+		t.Errorf("nix-store --store %s --verify --check-contents: %v\n%s", st, err, stderr)
+	}
+}
+
+func drvFiles(t *testing.T, st string) []string {
+	ents, _ := os.ReadDir(filepath.Join(st, "nix/store"))
+	var ds []string
+	for _, e := range ents {
+		if strings.HasSuffix(e.Name(), ".drv") {
+			ds = append(ds, e.Name())
+		}
+	}
+	return ds
+}
+
+// TestRemoteBuildGraph builds a 33-derivation graph on three builders
+// behind a real sshd, two ferry serve and one nix-store --serve, one of
+// them taking only derivations that require "special", and compares the
+// outputs with a local nix-build's.
+func TestRemoteBuildGraph(t *testing.T) {
+	e := newEnv(t)
+	ref := filepath.Join(e.dir, "ref")
+	refOut := nixtest.Line(t, "nix-build", "--store", ref, "--no-out-link", "--option", "system-features", "special", "--argstr", "system", e.system, e.expr)
+
+	local := filepath.Join(e.dir, "local")
+	drv := e.instantiate(local)
+	b1, b2, b3, b4 := filepath.Join(e.dir, "b1"), filepath.Join(e.dir, "b2"), filepath.Join(e.dir, "b3"), filepath.Join(e.dir, "b4")
+	ms := strings.Join([]string{
+		e.machine(e.ferry, b1, "2 1"),
+		e.machine("nix-store", b2, "2 1"),
+		e.machine(e.ferry, b3, "1 1 special special"),
+		// A machine for another system is never used (nor connected to).
+		strings.Replace(e.machine(e.ferry, b4, "2 1"), " "+e.system+" ", " aarch64-linux ", 1),
+	}, "\n")
+	r := e.ferryBuild(local, ms, nil, "-j", "0", drv)
+	if r.code != 0 {
+		t.Fatalf("ferry build: exit %d\n%s", r.code, r.stderr)
+	}
+	res := r.byName()
+	if got := res["root"].Outputs["out"]; got != refOut {
+		t.Fatalf("root built to %q, nix-build gave %q", got, refOut)
+	}
+	if len(r.results) != 33 {
+		t.Errorf("%d results, want 33", len(r.results))
+	}
+	want := nixtest.PathInfos(t, ref, "--recursive", refOut)
+	got := nixtest.PathInfos(t, local, "--recursive", refOut)
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("outputs differ from a local nix-build (-nix-build +ferry build --builders):\n%s", diff)
+	}
+	machineOf := func(uri string) string {
+		for _, b := range []string{b1, b2, b3, b4} {
+			if strings.Contains(uri, "remote-store="+b) {
+				return filepath.Base(b)
+			}
+		}
+		return uri
+	}
+	used := map[string]int{}
+	for name, x := range res {
+		m := machineOf(x.Machine)
+		used[m]++
+		if x.Status != "Built" {
+			t.Errorf("%s: %s (%s)", name, x.Status, x.ErrorMsg)
+		}
+		if special := strings.HasPrefix(name, "special-"); special != (m == "b3") {
+			t.Errorf("%s was built on %s: only the special ones go to b3, all of them", name, m)
+		}
+	}
+	if used["b1"] == 0 || used["b2"] == 0 || used["b3"] != 3 || used["b4"] != 0 {
+		t.Errorf("builds per machine: %v", used)
+	}
+	if _, err := os.Stat(b4); !os.IsNotExist(err) {
+		t.Errorf("the aarch64 machine's store was opened: %v", err)
+	}
+	for _, st := range []string{b1, b2, b3} {
+		if ds := drvFiles(t, st); len(ds) > 0 {
+			t.Errorf("%s holds .drv files: %v", st, ds)
+		}
+		verify(t, st)
+	}
+	verify(t, local)
+	// One session per slot at most: 2 + 2 + 1, and one more for each
+	// slot reopened after its machine was reported down (a new store
+	// that two nix-store processes create at once may fail one of them).
+	if n := strings.Count(e.sshd.Log(), "Accepted publickey"); n > 5+strings.Count(r.stderr, "is down") || n == 0 {
+		t.Errorf("%d ssh sessions for 5 slots\n%s\n%s", n, r.stderr, e.sshd.Log())
+	}
+	// The logs come behind "name@host> ".
+	if !regexp.MustCompile(`(?m)^leaf-\d+@127\.0\.0\.1#\d> built leaf \d+$`).MatchString(r.stderr) {
+		t.Errorf("no prefixed build log in:\n%s", r.stderr)
+	}
+
+	// Everything valid now: nothing is built or connected to again.
+	before := strings.Count(e.sshd.Log(), "Accepted publickey")
+	r = e.ferryBuild(local, ms, nil, "-j", "0", drv)
+	if r.code != 0 || r.byName()["root"].Status != "AlreadyValid" {
+		t.Errorf("second run: exit %d, root %+v\n%s", r.code, r.byName()["root"], r.stderr)
+	}
+	if after := strings.Count(e.sshd.Log(), "Accepted publickey"); after != before {
+		t.Errorf("a run with nothing to build opened %d sessions", after-before)
+	}
+}
+
+// With -j 0 and no machine that can build a derivation, the error names
+// the derivation, its system and features, before anything is built.
+func TestRemoteBuildNoMachine(t *testing.T) {
+	e := newEnv(t)
+	local := filepath.Join(e.dir, "local")
+	drv := e.instantiate(local)
+	r := e.ferryBuild(local, e.machine(e.ferry, filepath.Join(e.dir, "b1"), "2 1"), nil, "-j", "0", drv)
+	if r.code == 0 {
+		t.Fatal("ferry build succeeded without a machine for the special derivations")
+	}
+	if !regexp.MustCompile(`cannot build '/nix/store/[^']+-special-0\.drv': no machine can build a '` + e.system + `' derivation with features \{special\}`).MatchString(r.stderr) {
+		t.Errorf("stderr does not name the derivation, system and features:\n%s", r.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(e.dir, "b1")); !os.IsNotExist(err) {
+		t.Errorf("a build started anyway: %v", err)
+	}
+}
+
+// TestRemoteBuildFaults: a builder that refuses connections, one that
+// never answers, one killed (kill -9) mid-build, one that dies mid-copy,
+// and one whose store refuses writes; each time the graph completes on
+// the others and every store verifies.
+func TestRemoteBuildFaults(t *testing.T) {
+	e := newEnv(t)
+	good := func(name string) string { return e.machine(e.ferry, filepath.Join(e.dir, name), "2 1 special") }
+	check := func(t *testing.T, local string, r *runResult, stores ...string) {
+		t.Helper()
+		if r.code != 0 {
+			t.Fatalf("ferry build: exit %d\n%s", r.code, r.stderr)
+		}
+		if root := r.byName()["root"]; root.Status != "Built" {
+			t.Errorf("root: %+v", root)
+		}
+		for _, st := range append(stores, local) {
+			if _, err := os.Stat(st); err == nil {
+				verify(t, st)
+			}
+		}
+	}
+
+	t.Run("connection refused", func(t *testing.T) {
+		local := filepath.Join(t.TempDir(), "local")
+		drv := e.instantiate(local, "--argstr", "tag", "refused")
+		dead := strings.Replace(e.machine(e.ferry, filepath.Join(e.dir, "dead"), "2 1 special"), "@127.0.0.1", "@127.0.0.1:1", 1)
+		r := e.ferryBuild(local, dead+"\n"+good("g1"), nil, "-j", "0", drv)
+		check(t, local, r, filepath.Join(e.dir, "g1"))
+		if n := strings.Count(r.stderr, "is down"); n != 1 {
+			t.Errorf("the dead machine was reported down %d times (machines %s):\n%s", n, dead, r.stderr)
+		}
+	})
+
+	t.Run("black hole", func(t *testing.T) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		var held []net.Conn
+		var mu sync.Mutex
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				held = append(held, c) // never answers
+				mu.Unlock()
+			}
+		}()
+		defer func() {
+			mu.Lock()
+			for _, c := range held {
+				c.Close()
+			}
+			mu.Unlock()
+		}()
+		local := filepath.Join(t.TempDir(), "local")
+		drv := e.instantiate(local, "--argstr", "tag", "blackhole")
+		hole := strings.Replace(e.machine(e.ferry, filepath.Join(e.dir, "hole"), "2 1 special"), "@127.0.0.1", "@"+ln.Addr().String(), 1)
+		start := time.Now()
+		r := e.ferryBuild(local, hole+"\n"+good("g2"), nil, "-j", "0", "--connect-timeout", "2s", drv)
+		check(t, local, r, filepath.Join(e.dir, "g2"))
+		if d := time.Since(start); d > 30*time.Second {
+			t.Errorf("the run took %v with a 2 s connect time-out", d)
+		}
+		if !strings.Contains(r.stderr, "is down") {
+			t.Errorf("the black hole was not reported down:\n%s", r.stderr)
+		}
+	})
+
+	t.Run("kill -9 mid-build", func(t *testing.T) {
+		local := filepath.Join(t.TempDir(), "local")
+		drv := e.instantiate(local, "--argstr", "tag", "kill")
+		victim := filepath.Join(e.dir, "victim")
+		pidFile := filepath.Join(e.dir, "victim.pids")
+		wrapper := e.script("victim.sh", "echo $$ >> "+pidFile+"\nexec "+e.ferry+" \"$@\"\n")
+		// The victim comes first: it gets the first builds.
+		ms := e.machine(wrapper, victim, "2 1 special") + "\n" + good("g3")
+		var once sync.Once
+		killed := make(chan struct{})
+		r := e.ferryBuild(local, ms, func(line string) {
+			if strings.Contains(line, "@127.0.0.1#1> built leaf") {
+				once.Do(func() {
+					data, _ := os.ReadFile(pidFile)
+					for _, f := range strings.Fields(string(data)) {
+						var pid int
+						fmt.Sscan(f, &pid)
+						syscall.Kill(pid, syscall.SIGKILL)
+					}
+					close(killed)
+				})
+			}
+		}, "-j", "0", drv)
+		select {
+		case <-killed:
+		default:
+			t.Fatalf("no build ran on the victim:\n%s", r.stderr)
+		}
+		check(t, local, r, victim, filepath.Join(e.dir, "g3"))
+		if !strings.Contains(r.stderr, "is down") {
+			t.Errorf("the killed machine was not reported down:\n%s", r.stderr)
+		}
+	})
+
+	t.Run("dies mid-copy", func(t *testing.T) {
+		// The victim's serve process may write 1 MiB files at most
+		// (ulimit -f): receiving the 4 MiB input source kills it with
+		// SIGXFSZ halfway through the copy.
+		big := bytes.Repeat([]byte("0123456789abcdef"), 1<<18)
+		bigDir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(bigDir, "input.txt"), big, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		expr := filepath.Join(bigDir, "graph.nix")
+		os.WriteFile(expr, []byte(graphNix), 0o644)
+		local := filepath.Join(t.TempDir(), "local")
+		drv := nixtest.Line(t, "nix-instantiate", "--store", local, "--argstr", "system", e.system, expr)
+		victim := filepath.Join(e.dir, "copy-victim")
+		wrapper := e.script("copy-victim.sh", "ulimit -f 2048\nexec "+e.ferry+" \"$@\"\n")
+		ms := e.machine(wrapper, victim, "2 1 special") + "\n" + good("g4")
+		r := e.ferryBuild(local, ms, nil, "-j", "0", drv)
+		check(t, local, r, victim, filepath.Join(e.dir, "g4"))
+		if !strings.Contains(r.stderr, "is down") {
+			t.Errorf("the victim was not reported down:\n%s", r.stderr)
+		}
+	})
+
+	t.Run("store refuses writes", func(t *testing.T) {
+		local := filepath.Join(t.TempDir(), "local")
+		drv := e.instantiate(local, "--argstr", "tag", "readonly")
+		// serve without --write, as a forced command may say.
+		ro := e.script("readonly.sh", "exec "+e.ferry+" --serve --store \"$4\"\n")
+		nixRO := e.script("nix-readonly.sh", "exec nix-store --serve --store \"$4\"\n")
+		ms := e.machine(ro, filepath.Join(e.dir, "ro"), "2 1 special") + "\n" + e.machine(nixRO, filepath.Join(e.dir, "nix-ro"), "2 1 special") + "\n" + good("g5")
+		r := e.ferryBuild(local, ms, nil, "-j", "0", drv)
+		check(t, local, r, filepath.Join(e.dir, "g5"))
+		if n := strings.Count(r.stderr, "is down"); n < 2 {
+			t.Errorf("%d machines reported down, want both read-only ones:\n%s", n, r.stderr)
+		}
+		for name, x := range r.byName() {
+			if !strings.Contains(x.Machine, "/g5") {
+				t.Errorf("%s ended on %s", name, x.Machine)
+			}
+		}
+	})
+}
+
+// A failing derivation stops the run with its log tail; with --keep-going
+// everything that does not depend on it is built.
+func TestRemoteBuildFailure(t *testing.T) {
+	e := newEnv(t)
+	expr := filepath.Join(e.dir, "fail.nix")
+	os.WriteFile(expr, []byte(`{ system }:
+let
+  mk = name: script: derivation { inherit name system; builder = "/bin/sh"; args = [ "-c" script ]; };
+  bad = mk "bad" "echo about to fail; echo the reason is here >&2; exit 1";
+  after = mk "after-bad" "cat ${bad} > $out";
+  others = builtins.genList (i: mk "other-${toString i}" "sleep 0.2; echo ${toString i} > $out") 6;
+in mk "all" "echo ${after} ${builtins.concatStringsSep " " (map toString others)} > $out"
+`), 0o644)
+	ms := e.machine(e.ferry, filepath.Join(e.dir, "b1"), "1 1") + "\n" + e.machine("nix-store", filepath.Join(e.dir, "b2"), "1 1")
+	instantiate := func() (string, string) {
+		local := filepath.Join(t.TempDir(), "local")
+		return local, nixtest.Line(t, "nix-instantiate", "--store", local, "--argstr", "system", e.system, expr)
+	}
+
+	local, drv := instantiate()
+	r := e.ferryBuild(local, ms, nil, "-j", "0", drv)
+	if r.code != 100 {
+		t.Errorf("exit %d, want 100\n%s", r.code, r.stderr)
+	}
+	if !regexp.MustCompile(`error: build of '/nix/store/\S+-bad\.drv' on 'ssh://[^']+' failed: .*builder for '/nix/store/\S+-bad\.drv' failed with exit code 1`).MatchString(r.stderr) {
+		t.Errorf("the failure is not reported with the derivation and the machine:\n%s", r.stderr)
+	}
+	res := r.byName()
+	if res["bad"].Attempts != 1 {
+		t.Errorf("bad was tried %d times: a genuine failure is not retried", res["bad"].Attempts)
+	}
+	if res["after-bad"].Status != "DependencyFailed" || res["all"].Status != "DependencyFailed" {
+		t.Errorf("dependents: after-bad %s, all %s", res["after-bad"].Status, res["all"].Status)
+	}
+
+	local, drv = instantiate()
+	r = e.ferryBuild(local, ms, nil, "-j", "0", "--keep-going", drv)
+	if r.code != 100 {
+		t.Errorf("--keep-going: exit %d, want 100\n%s", r.code, r.stderr)
+	}
+	var others []string
+	for name, x := range r.byName() {
+		if strings.HasPrefix(name, "other-") {
+			others = append(others, name+":"+x.Status)
+			// A builder that kept the output from the first run says
+			// AlreadyValid; either way it was copied here.
+			if x.Status != "Built" && x.Status != "AlreadyValid" {
+				t.Errorf("--keep-going: %s %s\n%s", name, x.Status, r.stderr)
+			}
+			if _, err := os.Stat(filepath.Join(local, x.Outputs["out"])); err != nil {
+				t.Errorf("--keep-going: %s: %v", name, err)
+			}
+		}
+	}
+	sort.Strings(others)
+	if len(others) != 6 {
+		t.Errorf("--keep-going: others %v", others)
+	}
+	verify(t, local)
+}

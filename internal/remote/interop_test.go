@@ -523,3 +523,170 @@ in mk "all" "echo ${after} ${builtins.concatStringsSep " " (map toString others)
 	}
 	verify(t, local)
 }
+
+// TestRemoteBuildSharesSlotsWithNix: ferry build --builders and
+// nix-build --builders on the same client store and machines file, at
+// once, against one builder with one slot: Nix's slot lock keeps them
+// from ever building two things there at the same time (each build
+// writes when it started and ended, by /proc/uptime; no two intervals
+// overlap), and both
+// finish.
+func TestRemoteBuildSharesSlotsWithNix(t *testing.T) {
+	e := newEnv(t)
+	expr := filepath.Join(e.dir, "slots.nix")
+	os.WriteFile(expr, []byte(`{ system, tag }:
+let
+  mk = i: derivation {
+    name = "slot-${tag}-${toString i}";
+    inherit system;
+    builder = "/bin/sh";
+    args = [ "-c" "read up rest < /proc/uptime; echo $up > $out; sleep 0.3; read up rest < /proc/uptime; echo $up >> $out" ];
+  };
+in derivation { name = "slots-${tag}"; inherit system; builder = "/bin/sh"; args = [ "-c" "cat ${toString (builtins.genList mk 4)} > $out" ]; }
+`), 0o644)
+	local := filepath.Join(e.dir, "local")
+	inst := func(tag string) string {
+		return nixtest.Line(t, "nix-instantiate", "--store", local, "--argstr", "system", e.system, "--argstr", "tag", tag, expr)
+	}
+	ferryDrv, nixDrv := inst("ferry"), inst("nix")
+	builder := e.machine("nix-store", filepath.Join(e.dir, "b1"), "1 1")
+	mf := filepath.Join(e.dir, "machines")
+	os.WriteFile(mf, []byte(builder+"\n"), 0o644)
+
+	var wg sync.WaitGroup
+	var nixErr error
+	var nixOut []byte
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		cmd := exec.Command("nix-build", "--store", local, "-j0", "--builders", "@"+mf, "--no-out-link", nixDrv)
+		cmd.Env = e.clEnv
+		nixOut, nixErr = cmd.Output()
+	}()
+	r := e.ferryBuild(local, builder, nil, "-j", "0", ferryDrv)
+	wg.Wait()
+	if r.code != 0 {
+		t.Fatalf("ferry build: exit %d\n%s", r.code, r.stderr)
+	}
+	if nixErr != nil {
+		t.Fatalf("nix-build: %v\n%s", nixErr, nixOut)
+	}
+	// Every leaf's interval, from both runs; the tops only hold copies.
+	type span struct {
+		from, to float64
+		who      string
+	}
+	var spans []span
+	for name, x := range r.byName() {
+		if strings.HasPrefix(name, "slot-") {
+			var sp span
+			fmt.Sscan(string(mustRead(t, filepath.Join(local, x.Outputs["out"]))), &sp.from, &sp.to)
+			sp.who = name
+			spans = append(spans, sp)
+		}
+	}
+	leaves, err := filepath.Glob(filepath.Join(local, "nix/store/*-slot-nix-[0-9]"))
+	if err != nil || len(leaves) != 4 {
+		t.Fatalf("nix-build's leaves: %v %v", leaves, err)
+	}
+	for _, l := range leaves {
+		var sp span
+		fmt.Sscan(string(mustRead(t, l)), &sp.from, &sp.to)
+		sp.who = filepath.Base(l)
+		spans = append(spans, sp)
+	}
+	if len(spans) != 8 {
+		t.Fatalf("%d leaf builds, want 8", len(spans))
+	}
+	sort.Slice(spans, func(i, j int) bool { return spans[i].from < spans[j].from })
+	for i := 1; i < len(spans); i++ {
+		if spans[i].from < spans[i-1].to {
+			t.Errorf("%s started at %.3f while %s ran until %.3f on the one-slot builder", spans[i].who, spans[i].from, spans[i-1].who, spans[i-1].to)
+		}
+	}
+	mixed := false
+	for i := 1; i < len(spans); i++ {
+		mixed = mixed || strings.Contains(spans[i].who, "-ferry-") != strings.Contains(spans[i-1].who, "-ferry-")
+	}
+	if !mixed {
+		t.Logf("the two runs did not interleave (each took the slot in turn): %v", spans)
+	}
+}
+
+func mustRead(t *testing.T, p string) []byte {
+	t.Helper()
+	data, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+// TestRemoteBuildInterrupt: Ctrl-C (SIGINT) while builds run on a ferry
+// serve and a nix-store --serve builder ends ferry build within seconds,
+// the remote builders die with their sessions, and every store verifies.
+func TestRemoteBuildInterrupt(t *testing.T) {
+	e := newEnv(t)
+	marker := fmt.Sprintf("interrupt-me-%d", time.Now().UnixNano())
+	expr := filepath.Join(e.dir, "slow.nix")
+	os.WriteFile(expr, []byte(`{ system }:
+let mk = i: derivation { name = "slow-${toString i}"; inherit system; builder = "/bin/sh"; args = [ "-c" "echo started; exec sleep 3${toString i}" ]; marker = "`+marker+`"; };
+in derivation { name = "slow-all"; inherit system; builder = "/bin/sh"; args = [ "-c" "echo ${toString (builtins.genList mk 2)} > $out" ]; }
+`), 0o644)
+	local := filepath.Join(e.dir, "local")
+	drv := nixtest.Line(t, "nix-instantiate", "--store", local, "--argstr", "system", e.system, expr)
+	b1, b2 := filepath.Join(e.dir, "b1"), filepath.Join(e.dir, "b2")
+	ms := e.machine(e.ferry, b1, "1 1") + "\n" + e.machine("nix-store", b2, "1 1")
+	mf := filepath.Join(e.dir, "machines")
+	os.WriteFile(mf, []byte(ms+"\n"), 0o644)
+	cmd := exec.Command(e.ferry, "--store", local, "build", "-j", "0", "--machines", mf, drv)
+	cmd.Env = e.clEnv
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(stderr)
+	started := 0
+	var log []string
+	for started < 2 && sc.Scan() {
+		log = append(log, sc.Text())
+		if strings.HasSuffix(sc.Text(), "> started") {
+			started++
+		}
+	}
+	if started < 2 {
+		cmd.Process.Kill()
+		t.Fatalf("the builds did not start on both builders:\n%s", strings.Join(log, "\n"))
+	}
+	// Both sleeps run under the builders now.
+	running := func() int {
+		out, _ := exec.Command("pgrep", "-f", "sleep 3[01]").Output()
+		return len(strings.Fields(string(out)))
+	}
+	if n := running(); n < 2 {
+		t.Errorf("%d remote builders running before the interrupt", n)
+	}
+	start := time.Now()
+	cmd.Process.Signal(os.Interrupt)
+	go io.Copy(io.Discard, stderr)
+	err = cmd.Wait()
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("ferry build took %v to stop after SIGINT", d)
+	}
+	if err == nil {
+		t.Errorf("ferry build succeeded after SIGINT")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for running() > 0 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if n := running(); n > 0 {
+		t.Errorf("%d remote builders still run after the sessions ended", n)
+	}
+	for _, st := range []string{local, b1, b2} {
+		verify(t, st)
+	}
+}

@@ -255,8 +255,11 @@ func (c *copyProgress) descriptionWidth() int {
 }
 
 // termWidth is the width of the terminal the display is on (80 if unknown).
-func (c *copyProgress) termWidth() int {
-	if f, ok := c.w.(*os.File); ok {
+func (c *copyProgress) termWidth() int { return terminalWidth(c.w) }
+
+// terminalWidth is the width of the terminal w is, else 80.
+func terminalWidth(w io.Writer) int {
+	if f, ok := w.(*os.File); ok {
 		if w, _, err := term.GetSize(int(f.Fd())); err == nil && w > 0 {
 			return w
 		}

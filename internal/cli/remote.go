@@ -38,7 +38,22 @@ func runRemoteBuild(ctx context.Context, e *Env, st *localstore.Store, ops []str
 		LogDir:         f.logDir,
 		Messages:       e.Stderr,
 	}
+	var display *buildDisplay
+	if isTerminal(e.Stderr) && !f.json {
+		var order []string
+		for _, m := range ms {
+			order = append(order, m.URI)
+		}
+		order = append(order, remote.LocalMachine)
+		display = newBuildDisplay(e.Stderr, remote.MachineNames(ms), order, terminalWidth(e.Stderr))
+		opts.Progress = display
+		opts.Log = display.logWriter()
+		opts.Messages = opts.Log
+	}
 	results, err := remote.Build(ctx, st, roots, opts)
+	if display != nil {
+		display.finish()
+	}
 	if results == nil {
 		return err
 	}

@@ -62,6 +62,8 @@ type Step struct {
 	Settings *store.BuildSettings
 	// Log receives the remote build log.
 	Log io.Writer
+	// Copy, if not nil, hears about the copies in and out.
+	Copy storecopy.Progress
 }
 
 // StepResult is what a Step did.
@@ -99,7 +101,8 @@ func BuildOn(ctx context.Context, local *localstore.Store, machine string, sess 
 	}
 	res := &StepResult{}
 	t := time.Now()
-	sent, err := storecopy.Copy(ctx, local, sess, basic.InputSrcs, nil)
+	copts := &storecopy.Options{Progress: s.Copy}
+	sent, err := storecopy.Copy(ctx, local, sess, basic.InputSrcs, copts)
 	if err != nil {
 		return nil, mErr("copy the inputs of", err)
 	}
@@ -140,7 +143,7 @@ func BuildOn(ctx context.Context, local *localstore.Store, machine string, sess 
 	}
 	storepath.Sort(paths)
 	t = time.Now()
-	if _, err := storecopy.Copy(ctx, sess, local, paths, nil); err != nil {
+	if _, err := storecopy.Copy(ctx, sess, local, paths, copts); err != nil {
 		if isLocal(err) {
 			return nil, err
 		}

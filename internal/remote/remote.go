@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"ferry/internal/build"
+	storecopy "ferry/internal/copy"
 	"ferry/internal/localstore"
 	"ferry/internal/machines"
 	"ferry/internal/schedule"
@@ -80,14 +81,20 @@ type Options struct {
 	Schedule schedule.Options
 }
 
-// Progress hears about a run. Its methods are called from one goroutine.
+// Progress hears about a run, for a live display. Started, Finished and
+// Counts are called from one goroutine; the copy progress Copying returns
+// is used from the goroutine of that build.
 type Progress interface {
 	// Started says drv started on machine.
 	Started(drv storepath.Path, machine string)
-	// Finished says drv ended on machine with status.
+	// Finished says drv ended on machine with status ("failed" or a
+	// success's status name).
 	Finished(drv storepath.Path, machine string, status string)
-	// Counts gives how many jobs are queued and done.
-	Counts(queued, running, done int)
+	// Counts gives how many jobs are queued, running and final, of all.
+	Counts(queued, running, done, total int)
+	// Copying gives the progress of a copy to or from machine for drv
+	// (nil: none).
+	Copying(drv storepath.Path, machine string) storecopy.Progress
 }
 
 // Result is what became of one derivation.
@@ -179,7 +186,7 @@ func newRun(ctx context.Context, local *localstore.Store, roots []storepath.Path
 	if opts == nil {
 		opts = &Options{}
 	}
-	r := &run{local: local, opts: opts, s: opts.Settings, pools: map[string]*pool{}, names: machineNames(opts.Machines), results: map[storepath.Path]*Result{}, live: map[storepath.Path]attempt{}}
+	r := &run{local: local, opts: opts, s: opts.Settings, pools: map[string]*pool{}, names: MachineNames(opts.Machines), results: map[storepath.Path]*Result{}, live: map[storepath.Path]attempt{}}
 	if r.s == nil {
 		r.s = settings.Default()
 	}
@@ -353,6 +360,9 @@ func (r *run) run() (map[storepath.Path]*Result, error) {
 			}
 		}
 	}
+	if r.opts.Progress != nil {
+		r.counts(0)
+	}
 	return r.collect()
 }
 
@@ -367,7 +377,7 @@ func (r *run) counts(running int) {
 			queued++
 		}
 	}
-	r.opts.Progress.Counts(queued, running, done)
+	r.opts.Progress.Counts(queued, running, done, len(r.g.Drvs))
 }
 
 // start runs an assignment in its own goroutine.
@@ -453,9 +463,10 @@ func hostOf(uri string) string {
 	return uri
 }
 
-// machineNames names each machine for log prefixes: its host, with "#N"
-// (its place among the machines, from 1) when several share the host.
-func machineNames(ms []*machines.Machine) map[string]string {
+// MachineNames names each machine (by URI) for log prefixes and
+// displays: its host, with "#N" (its place among the machines, from 1)
+// when several share the host; LocalMachine is "local".
+func MachineNames(ms []*machines.Machine) map[string]string {
 	hosts := map[string]int{}
 	for _, m := range ms {
 		hosts[hostOf(m.URI)]++
@@ -496,6 +507,9 @@ func (r *run) remote(pl *pool, p storepath.Path, d *derivation.Derivation, log i
 	sl.log.set(log)
 	defer sl.log.set(nil)
 	step := &Step{DrvPath: p, Drv: d, Outputs: r.outputsOf, Settings: r.buildSettings(), Log: log}
+	if r.opts.Progress != nil {
+		step.Copy = r.opts.Progress.Copying(p, pl.m.URI)
+	}
 	res, err = BuildOn(r.ctx, r.local, pl.m.URI, sl.sess, step)
 	var me *MachineError
 	if errors.As(err, &me) || r.ctx.Err() != nil {

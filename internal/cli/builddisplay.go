@@ -155,7 +155,9 @@ func (d *buildDisplay) lines() []string {
 			name := p.Name()
 			bs = append(bs, b{strings.TrimSuffix(name, ".drv"), t})
 		}
-		sort.Slice(bs, func(i, j int) bool { return bs[i].t.Before(bs[j].t) || bs[i].t.Equal(bs[j].t) && bs[i].name < bs[j].name })
+		sort.Slice(bs, func(i, j int) bool {
+			return bs[i].t.Before(bs[j].t) || bs[i].t.Equal(bs[j].t) && bs[i].name < bs[j].name
+		})
 		parts := make([]string, len(bs))
 		for i, x := range bs {
 			parts[i] = fmt.Sprintf("%s (%s)", x.name, time.Since(x.t).Truncate(time.Second))

@@ -215,15 +215,9 @@ func (b *builder) runResolved(ctx context.Context, res *store.BuildResult) (stor
 	if err := b.st.AddTempRoot(ctx, b.drvPath); err != nil {
 		return 0, "", err
 	}
-	hashes, err := b.outputHashes(ctx)
-	if err != nil {
-		return store.MiscFailure, err.Error(), nil
-	}
-	if outs, err := b.realised(ctx, hashes); err != nil {
-		return 0, "", err
-	} else if outs != nil {
-		res.BuiltOutputs = outs
-		return store.AlreadyValid, "", nil
+	hashes, status, msg, err := b.alreadyRealised(ctx, res)
+	if err != nil || status != 0 {
+		return status, msg, err
 	}
 	inputs := map[storepath.Path]map[string]storepath.Path{}
 	var missing []string
@@ -263,7 +257,7 @@ func (b *builder) runResolved(ctx context.Context, res *store.BuildResult) (stor
 		fmt.Fprintf(b.opts.Log, "resolved derivation: '%s' -> '%s'\n", b.drvPath, rPath)
 	}
 	rb := &builder{st: b.st, drvPath: rPath, drv: rd, opts: b.opts, s: b.s}
-	status, msg, err := rb.run(ctx, res)
+	status, msg, err = rb.run(ctx, res)
 	if rb.ran {
 		b.ran = true
 	}
@@ -358,6 +352,25 @@ func (b *builder) outputReferences(ctx context.Context, p storepath.Path) (map[d
 	return out, nil
 }
 
+// alreadyRealised computes the derivation's output hashes and, when every
+// output already has a valid realisation, returns status AlreadyValid
+// with res.BuiltOutputs set; a zero status means it must be built.
+func (b *builder) alreadyRealised(ctx context.Context, res *store.BuildResult) (map[string]hash.Hash, store.BuildStatus, string, error) {
+	hashes, err := b.outputHashes(ctx)
+	if err != nil {
+		return nil, store.MiscFailure, err.Error(), nil
+	}
+	outs, err := b.realised(ctx, hashes)
+	if err != nil {
+		return nil, 0, "", err
+	}
+	if outs != nil {
+		res.BuiltOutputs = outs
+		return hashes, store.AlreadyValid, "", nil
+	}
+	return hashes, 0, "", nil
+}
+
 // runFloating builds a floating content-addressed derivation without
 // input derivations: the outputs are built at their scratch paths, then
 // given their content-addressed paths (checkFloatingOutputs), registered
@@ -368,15 +381,9 @@ func (b *builder) runFloating(ctx context.Context, res *store.BuildResult) (stor
 	if err != nil || msg != "" {
 		return status, msg, err
 	}
-	hashes, err := b.outputHashes(ctx)
-	if err != nil {
-		return store.MiscFailure, err.Error(), nil
-	}
-	if outs, err := b.realised(ctx, hashes); err != nil {
-		return 0, "", err
-	} else if outs != nil {
-		res.BuiltOutputs = outs
-		return store.AlreadyValid, "", nil
+	hashes, status, msg, err := b.alreadyRealised(ctx, res)
+	if err != nil || status != 0 {
+		return status, msg, err
 	}
 	scratch := map[string]storepath.Path{}
 	var reals []string
@@ -473,17 +480,7 @@ type floatingOutput struct {
 // by output name and the locks of the final paths, to release after
 // registration.
 func checkFloatingOutputs(ctx context.Context, st *localstore.Store, drvPath storepath.Path, d *derivation.Derivation, scratch map[string]storepath.Path, closure []storepath.Path) ([]*store.PathInfo, map[string]storepath.Path, lockSet, error) {
-	byHash := map[string]storepath.Path{}
-	for _, p := range closure {
-		byHash[p.HashPart()] = p
-	}
-	for _, p := range scratch {
-		byHash[p.HashPart()] = p
-	}
-	parts := make([]string, 0, len(byHash))
-	for h := range byHash {
-		parts = append(parts, h)
-	}
+	byHash, parts := scanCandidates(closure, scratch)
 	outs := map[string]*floatingOutput{}
 	byScratch := map[storepath.Path]string{}
 	for _, name := range d.OutputNames() {

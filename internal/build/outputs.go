@@ -38,17 +38,7 @@ func (c *countWriter) Write(p []byte) (int, error) { c.n += uint64(len(p)); retu
 // returns their path infos, not yet registered. candidates are the input
 // closure; the outputs' own paths are added.
 func checkOutputs(ctx context.Context, st *localstore.Store, drvPath storepath.Path, d *derivation.Derivation, outs map[string]storepath.Path, closure []storepath.Path) ([]*store.PathInfo, error) {
-	byHash := map[string]storepath.Path{}
-	for _, p := range closure {
-		byHash[p.HashPart()] = p
-	}
-	for _, p := range outs {
-		byHash[p.HashPart()] = p
-	}
-	parts := make([]string, 0, len(byHash))
-	for h := range byHash {
-		parts = append(parts, h)
-	}
+	byHash, parts := scanCandidates(closure, outs)
 	infos := map[string]*store.PathInfo{}
 	for _, name := range d.OutputNames() {
 		if err := ctx.Err(); err != nil {
@@ -254,4 +244,22 @@ func outputClosure(ctx context.Context, st *localstore.Store, info *store.PathIn
 	out := append(fresh, old...)
 	storepath.Sort(out)
 	return slices.Compact(out), nil
+}
+
+// scanCandidates indexes the paths an output may refer to (the input
+// closure and the outputs' own paths) by hash part, for the reference
+// scan, and lists the hash parts.
+func scanCandidates(closure []storepath.Path, outs map[string]storepath.Path) (map[string]storepath.Path, []string) {
+	byHash := map[string]storepath.Path{}
+	for _, p := range closure {
+		byHash[p.HashPart()] = p
+	}
+	for _, p := range outs {
+		byHash[p.HashPart()] = p
+	}
+	parts := make([]string, 0, len(byHash))
+	for h := range byHash {
+		parts = append(parts, h)
+	}
+	return byHash, parts
 }

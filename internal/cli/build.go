@@ -13,6 +13,7 @@ import (
 	"ferry/internal/localstore"
 	"ferry/internal/machines"
 	"ferry/internal/settings"
+	"ferry/nix/storepath"
 	"ferry/store"
 )
 
@@ -148,14 +149,9 @@ type buildResultJSON struct {
 // their dependencies, printing the output paths of ops in order (or JSON).
 // Builder logs go to standard error.
 func runBuild(ctx context.Context, e *Env, st *localstore.Store, ops []string, s *settings.Settings, asJSON bool) error {
-	roots, err := parsePaths(st, ops)
+	roots, err := parseDrvPaths(st, ops)
 	if err != nil {
 		return err
-	}
-	for _, p := range roots {
-		if !p.IsDerivation() {
-			return usagef("'%s' is not a derivation (.drv) path", p)
-		}
 	}
 	s = build.ForStore(st, s)
 	opts := &build.Options{Settings: s, Log: e.Stderr}
@@ -215,4 +211,18 @@ func runBuild(ctx context.Context, e *Env, st *localstore.Store, ops []string, s
 		return &buildExitError{msg: msg, code: code}
 	}
 	return nil
+}
+
+// parseDrvPaths parses ops as store paths of .drv files in st.
+func parseDrvPaths(st store.Store, ops []string) ([]storepath.Path, error) {
+	roots, err := parsePaths(st, ops)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range roots {
+		if !p.IsDerivation() {
+			return nil, usagef("'%s' is not a derivation (.drv) path", p)
+		}
+	}
+	return roots, nil
 }

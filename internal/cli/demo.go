@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"fmt"
-	"io"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -11,9 +10,8 @@ import (
 	"strings"
 
 	"ferry/examples"
-	storecopy "ferry/internal/copy"
 	"ferry/internal/localstore"
-	"ferry/internal/serve"
+	"ferry/internal/remote"
 	"ferry/internal/storefs"
 	"ferry/nix/derivation"
 	"ferry/nix/storepath"
@@ -82,12 +80,15 @@ func runDemo(ctx context.Context, e *Env, ferry, localRoot, remoteRoot string) (
 	defer local.Close()
 	uri := demoURI(ferry, remoteRoot)
 	fmt.Fprintf(e.Stdout, "remote store: %s\n", uri)
-	st, err := store.Open(ctx, uri, &store.OpenOptions{Log: prefixWriter(e.Stderr, "")})
+	st, err := store.Open(ctx, uri, &store.OpenOptions{Log: e.Stderr})
 	if err != nil {
 		return nil, err
 	}
-	remote := st.(store.Builder)
 	defer st.Close()
+	sess, ok := st.(remote.Session)
+	if !ok {
+		return nil, fmt.Errorf("demo: %s cannot build", uri)
+	}
 
 	// The input sources, as builtins.toFile would add them.
 	for name, file := range examples.Sources {
@@ -119,14 +120,14 @@ func runDemo(ctx context.Context, e *Env, ferry, localRoot, remoteRoot string) (
 			return nil, err
 		}
 		drvs[drvPath] = drv
-		res, sent, err := demoBuild(ctx, st, remote, local, drvs, drvPath, drv)
+		res, sent, err := demoBuild(ctx, sess, local, drvs, drvPath, drv)
 		if err != nil {
 			return nil, err
 		}
-		copied += len(sent.Copied)
-		sentBytes += int(sent.Bytes)
+		copied += sent.SentPaths
+		sentBytes += int(sent.SentBytes)
 		results = append(results, *res)
-		fmt.Fprintf(e.Stdout, "%-8s %-13s on the remote from an in-memory derivation (sent %d input paths)\n", drv.Name, res.Status, len(sent.Copied))
+		fmt.Fprintf(e.Stdout, "%-8s %-13s on the remote from an in-memory derivation (sent %d input paths)\n", drv.Name, res.Status, sent.SentPaths)
 		for _, o := range sortedKeys(res.Outputs) {
 			fmt.Fprintf(e.Stdout, "         %-4s %s\n", o, res.Outputs[o])
 		}
@@ -162,54 +163,25 @@ func runDemo(ctx context.Context, e *Env, ferry, localRoot, remoteRoot string) (
 	return results, nil
 }
 
-// demoBuild copies what the remote lacks of drv's inputs, builds it
-// remotely in memory and copies its outputs back into local.
-func demoBuild(ctx context.Context, st store.Store, remote store.Builder, local *localstore.Store, drvs map[storepath.Path]*derivation.Derivation, drvPath storepath.Path, drv *derivation.Derivation) (*demoResult, *storecopy.Result, error) {
-	basic, err := serve.BasicDerivation(drv, func(p storepath.Path) (map[string]storepath.Path, error) {
+// demoBuild builds drv on the remote as ferry build --builders does
+// (remote.BuildOn: the missing inputs after a locked query, the
+// derivation in memory, the outputs copied back).
+func demoBuild(ctx context.Context, sess remote.Session, local *localstore.Store, drvs map[storepath.Path]*derivation.Derivation, drvPath storepath.Path, drv *derivation.Derivation) (*demoResult, *remote.StepResult, error) {
+	step := &remote.Step{DrvPath: drvPath, Drv: drv, Outputs: func(p storepath.Path) (map[string]storepath.Path, error) {
 		in, ok := drvs[p]
 		if !ok {
 			return nil, fmt.Errorf("unknown input derivation %s", p)
 		}
 		return in.OutputPaths(), nil
-	})
+	}}
+	res, err := remote.BuildOn(ctx, local, "localhost", sess, step)
 	if err != nil {
 		return nil, nil, err
 	}
-	// The locked query over the input closure, then only what is missing.
-	sent, err := storecopy.Copy(ctx, local, st, basic.InputSrcs, nil)
-	if err != nil {
-		return nil, nil, fmt.Errorf("copy inputs of %s: %w", drvPath, err)
+	if !res.Result.Status.Success() {
+		return nil, nil, fmt.Errorf("build of %s failed (%v): %s", drvPath, res.Result.Status, res.Result.ErrorMsg)
 	}
-	res, err := remote.BuildDerivation(ctx, drvPath, basic, nil, nil)
-	if err != nil {
-		return nil, nil, err
-	}
-	if !res.Status.Success() {
-		return nil, nil, fmt.Errorf("build of %s failed (%v): %s", drvPath, res.Status, res.ErrorMsg)
-	}
-	outs := drv.OutputPaths()
-	var paths []storepath.Path
-	for _, p := range outs {
-		paths = append(paths, p)
-	}
-	if _, err := storecopy.Copy(ctx, st, local, paths, nil); err != nil {
-		return nil, nil, fmt.Errorf("copy back the outputs of %s: %w", drvPath, err)
-	}
-	return &demoResult{Name: drv.Name, DrvPath: drvPath, Status: res.Status, Outputs: outs}, sent, nil
-}
-
-func without(all, have []storepath.Path) []storepath.Path {
-	h := map[storepath.Path]bool{}
-	for _, p := range have {
-		h[p] = true
-	}
-	var out []storepath.Path
-	for _, p := range all {
-		if !h[p] {
-			out = append(out, p)
-		}
-	}
-	return out
+	return &demoResult{Name: drv.Name, DrvPath: drvPath, Status: res.Result.Status, Outputs: drv.OutputPaths()}, res, nil
 }
 
 func sortedKeys(m map[string]storepath.Path) []string {
@@ -219,28 +191,4 @@ func sortedKeys(m map[string]storepath.Path) []string {
 	}
 	sort.Strings(keys)
 	return keys
-}
-
-// prefixWriter prefixes every line written to w.
-func prefixWriter(w io.Writer, prefix string) io.Writer {
-	return &prefixer{w: w, prefix: prefix, bol: true}
-}
-
-type prefixer struct {
-	w      io.Writer
-	prefix string
-	bol    bool
-}
-
-func (p *prefixer) Write(b []byte) (int, error) {
-	var out []byte
-	for _, c := range b {
-		if p.bol {
-			out = append(out, p.prefix...)
-		}
-		out = append(out, c)
-		p.bol = c == '\n'
-	}
-	_, err := p.w.Write(out)
-	return len(b), err
 }

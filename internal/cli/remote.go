@@ -19,14 +19,9 @@ import (
 // output paths, or with --json every derivation's machine, status,
 // outputs and times.
 func runRemoteBuild(ctx context.Context, e *Env, st *localstore.Store, ops []string, s *settings.Settings, ms []*machines.Machine, f *buildFlags) error {
-	roots, err := parsePaths(st, ops)
+	roots, err := parseDrvPaths(st, ops)
 	if err != nil {
 		return err
-	}
-	for _, p := range roots {
-		if !p.IsDerivation() {
-			return usagef("'%s' is not a derivation (.drv) path", p)
-		}
 	}
 	opts := &remote.Options{
 		Machines:       ms,

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"ferry/internal/db"
+	"ferry/internal/settings"
 	"ferry/nix/storepath"
 	"ferry/store"
 )
@@ -189,7 +190,7 @@ func Resolve(u *store.URI) (*Resolved, error) {
 				r.Options.SystemFeatures = []string{}
 			}
 		case "require-sigs", "trusted", "want-mass-query":
-			b, err := parseBool(k, v)
+			b, err := settings.ParseBool(k, v)
 			if err != nil {
 				return nil, bad("%v", err)
 			}
@@ -215,17 +216,6 @@ func envPath(name, dflt string) string {
 		return filepath.Clean(v)
 	}
 	return dflt
-}
-
-// parseBool parses a Boolean setting as Nix does.
-func parseBool(name, v string) (bool, error) {
-	switch v {
-	case "true", "yes", "1":
-		return true, nil
-	case "false", "no", "0":
-		return false, nil
-	}
-	return false, fmt.Errorf("Boolean setting '%s' has invalid value '%s'", name, v)
 }
 
 var (

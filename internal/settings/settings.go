@@ -406,7 +406,7 @@ func (s *Settings) Set(name, value string) error {
 			err = fmt.Errorf("option '%s' has invalid value '%s'", name, value)
 		}
 	case "sandbox-fallback":
-		s.SandboxFallback, err = parseBool(name, value)
+		s.SandboxFallback, err = ParseBool(name, value)
 	case "sandbox-paths", "build-chroot-dirs", "build-sandbox-paths":
 		list(&s.SandboxPaths)
 	case "cores", "build-cores":
@@ -426,7 +426,7 @@ func (s *Settings) Set(name, value string) error {
 		n, err = parseInt(name, value)
 		s.MaxLogSize = uint64(n)
 	case "keep-failed":
-		s.KeepFailed, err = parseBool(name, value)
+		s.KeepFailed, err = ParseBool(name, value)
 	case "build-dir":
 		s.BuildDir = value
 	case "system":
@@ -450,23 +450,23 @@ func (s *Settings) Set(name, value string) error {
 		}
 		s.MinFreeCheckInterval = time.Duration(n) * time.Second
 	case "keep-outputs", "gc-keep-outputs":
-		s.KeepOutputs, err = parseBool(name, value)
+		s.KeepOutputs, err = ParseBool(name, value)
 	case "keep-derivations", "gc-keep-derivations":
-		s.KeepDerivations, err = parseBool(name, value)
+		s.KeepDerivations, err = ParseBool(name, value)
 	case "require-sigs":
 		// A Boolean takes no "extra-": Nix 2.8's Config::set finds no
 		// appendable setting and ignores it as unknown.
 		if !extra {
-			s.RequireSigs, err = parseBool(name, value)
+			s.RequireSigs, err = ParseBool(name, value)
 		}
 	case "trusted-public-keys", "binary-cache-public-keys":
 		list(&s.TrustedPublicKeys)
 	case "secret-key-files":
 		list(&s.SecretKeyFiles)
 	case "keep-build-log", "build-keep-log":
-		s.KeepBuildLog, err = parseBool(name, value)
+		s.KeepBuildLog, err = ParseBool(name, value)
 	case "compress-build-log", "build-compress-log":
-		s.CompressBuildLog, err = parseBool(name, value)
+		s.CompressBuildLog, err = ParseBool(name, value)
 	case "post-build-hook":
 		// Not a list: "extra-post-build-hook" is ignored as unknown, as
 		// Nix 2.8's Config::set does.
@@ -482,22 +482,23 @@ func (s *Settings) Set(name, value string) error {
 		}
 	case "builders-use-substitutes":
 		if !extra {
-			s.BuildersUseSubstitutes, err = parseBool(name, value)
+			s.BuildersUseSubstitutes, err = ParseBool(name, value)
 		}
 	}
 	return err
 }
 
-// parseBool reads a Boolean the way Nix 2.8's BaseSetting<bool>::set
-// does: true, yes or 1; false, no or 0.
-func parseBool(name, v string) (bool, error) {
+// ParseBool reads a Boolean setting (nix.conf's or a store URI's) the way
+// Nix 2.8's BaseSetting<bool>::set does: true, yes or 1; false, no or 0;
+// anything else is Nix's error.
+func ParseBool(name, v string) (bool, error) {
 	switch v {
 	case "true", "yes", "1":
 		return true, nil
 	case "false", "no", "0":
 		return false, nil
 	}
-	return false, fmt.Errorf("option '%s' has invalid value '%s': expected true or false", name, v)
+	return false, fmt.Errorf("Boolean setting '%s' has invalid value '%s'", name, v)
 }
 
 func invalid(name, v string) error {

@@ -51,18 +51,7 @@ func TestConformanceInProcess(t *testing.T) {
 // nixServeStore is the ssh store against real nix-store --serve, run
 // directly as Nix does for ssh://localhost.
 func nixServeStore(t *testing.T, root string) store.Store {
-	t.Helper()
-	nixtest.RequireNix(t)
-	for _, kv := range nixtest.Env(t.TempDir()) {
-		k, v, _ := cut(kv)
-		t.Setenv(k, v)
-	}
-	q := url.Values{"remote-program": {"nix-store"}, "remote-store": {root}}
-	st, err := store.Open(context.Background(), "ssh://localhost?"+q.Encode(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return st
+	return serveIn("nix-store", storepath.DefaultDir)(t, root)
 }
 
 func cut(kv string) (string, string, bool) {
@@ -78,10 +67,10 @@ func TestConformanceNixServe(t *testing.T) {
 	storetest.Run(t, &storetest.Harness{Open: nixServeStore, Reopen: nixServeStore})
 }
 
-// serveLogical returns an opener of the ssh store, with store=dir, on
-// program --serve --write --store 'root?store=dir': real nix-store or
-// ferry, run directly as for ssh://localhost.
-func serveLogical(program string, dir storepath.Dir) func(t *testing.T, root string) store.Store {
+// serveIn returns an opener of the ssh store, with store=dir, on program
+// --serve --write --store 'root?store=dir' (real nix-store or ferry, run
+// directly as for ssh://localhost); plain root for the default directory.
+func serveIn(program string, dir storepath.Dir) func(t *testing.T, root string) store.Store {
 	return func(t *testing.T, root string) store.Store {
 		t.Helper()
 		nixtest.RequireNix(t)
@@ -89,7 +78,10 @@ func serveLogical(program string, dir storepath.Dir) func(t *testing.T, root str
 			k, v, _ := cut(kv)
 			t.Setenv(k, v)
 		}
-		remote := root + "?store=" + string(dir)
+		remote := root
+		if dir != storepath.DefaultDir {
+			remote += "?store=" + string(dir)
+		}
 		uri := "ssh://localhost?remote-program=" + url.QueryEscape(program) + "&remote-store=" + url.QueryEscape(remote) + "&store=" + url.QueryEscape(string(dir))
 		st, err := store.Open(context.Background(), uri, nil)
 		if err != nil {
@@ -107,11 +99,11 @@ func serveLogical(program string, dir storepath.Dir) func(t *testing.T, root str
 func TestConformanceLogicalDir(t *testing.T) {
 	dir := storepath.Dir(filepath.Join(t.TempDir(), "l", "store"))
 	t.Run("nix-store", func(t *testing.T) {
-		open := serveLogical("nix-store", dir)
+		open := serveIn("nix-store", dir)
 		storetest.Run(t, &storetest.Harness{Open: open, Reopen: open, Dir: dir})
 	})
 	t.Run("ferry", func(t *testing.T) {
-		open := serveLogical(nixtest.FerryBin(t), dir)
+		open := serveIn(nixtest.FerryBin(t), dir)
 		storetest.Run(t, &storetest.Harness{Open: open, Reopen: open, Dir: dir})
 	})
 }

@@ -483,9 +483,18 @@ in mk "all" "echo ${after} ${builtins.concatStringsSep " " (map toString others)
 	}
 
 	local, drv := instantiate()
-	r := e.ferryBuild(local, ms, nil, "-j", "0", drv)
+	logDir := t.TempDir()
+	r := e.ferryBuild(local, ms, nil, "-j", "0", "--log-dir", logDir, drv)
 	if r.code != 100 {
 		t.Errorf("exit %d, want 100\n%s", r.code, r.stderr)
+	}
+	// With --log-dir each build's log is in its own file, not on stderr.
+	logs, _ := filepath.Glob(filepath.Join(logDir, "*-bad.drv.log"))
+	if len(logs) != 1 || !strings.Contains(string(mustRead(t, logs[0])), "the reason is here") {
+		t.Errorf("--log-dir: %v", logs)
+	}
+	if strings.Contains(r.stderr, "bad@") {
+		t.Errorf("--log-dir: the log also went to stderr:\n%s", r.stderr)
 	}
 	if !regexp.MustCompile(`error: build of '/nix/store/\S+-bad\.drv' on 'ssh://[^']+' failed: .*builder for '/nix/store/\S+-bad\.drv' failed with exit code 1`).MatchString(r.stderr) {
 		t.Errorf("the failure is not reported with the derivation and the machine:\n%s", r.stderr)

@@ -4,6 +4,7 @@ package main
 
 import (
 	"os"
+	"path/filepath"
 
 	"ferry/internal/cli"
 	"ferry/internal/sandbox"
@@ -12,5 +13,9 @@ import (
 func main() {
 	// A re-exec of ferry as a build sandbox's init never returns from here.
 	sandbox.Init()
-	os.Exit(cli.Main(os.Args[1:]))
+	args := os.Args[1:]
+	if filepath.Base(os.Args[0]) == cli.BuildHookName { // build-hook = .../ferry-build-hook
+		args = append([]string{"build-hook"}, args...)
+	}
+	os.Exit(cli.Main(args))
 }

@@ -50,6 +50,12 @@ func (u *usageError) Error() string { return u.msg }
 
 func usagef(format string, a ...any) error { return &usageError{fmt.Sprintf(format, a...)} }
 
+// silentExit is an exit status whose reason was already said (in the
+// command's own words, as ferry build-hook says it to Nix).
+type silentExit struct{ code int }
+
+func (s *silentExit) Error() string { return fmt.Sprintf("exit status %d", s.code) }
+
 // Main runs ferry with args (without the program name) and returns the
 // exit status.
 func Main(args []string) int {
@@ -73,6 +79,10 @@ func report(stderr io.Writer, err error) int {
 	}
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
+	}
+	var silent *silentExit
+	if errors.As(err, &silent) {
+		return silent.code
 	}
 	fmt.Fprintf(stderr, "error: %v\n", err)
 	var u *usageError

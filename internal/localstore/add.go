@@ -116,7 +116,7 @@ func (s *Store) installBatch(ctx context.Context, batch []*pending) (err error) 
 		}
 		real = append(real, s.RealPath(p.info.Path))
 	}
-	locks, err := lock.LockPaths(ctx, real, true)
+	locks, err := lock.LockPaths(ctx, s.held.filter(real), true)
 	if err != nil {
 		return err
 	}

@@ -118,6 +118,8 @@ type Store struct {
 	tmpSeq    atomic.Uint64
 	memo      derivation.Memo
 
+	held heldLocks // paths whose path locks another process holds for us
+
 	closeOnce sync.Once
 	closeErr  error
 }

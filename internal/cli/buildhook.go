@@ -1,0 +1,73 @@
+package cli
+
+import (
+	"context"
+	"io"
+	"os"
+	"strconv"
+	"syscall"
+
+	"ferry/internal/buildhook"
+	"ferry/internal/hookapi"
+)
+
+func init() {
+	register(&command{
+		name:    "build-hook",
+		args:    "VERBOSITY",
+		summary: "Nix 2.8's build hook (build-hook = ferry-build-hook): remote builds for nix-build through ferry",
+		run:     cmdBuildHook,
+	})
+}
+
+// BuildHookName is the name under which ferry is its build hook:
+// "build-hook = /usr/local/bin/ferry-build-hook", a symlink to ferry.
+const BuildHookName = "ferry-build-hook"
+
+// dialScheduler opens the ferry scheduler that serves the client store
+// whose state directory is stateDir; an error wrapping
+// buildhook.ErrNoScheduler means none runs, and the hook places the build
+// itself.
+var dialScheduler = func(ctx context.Context, stateDir string) (hookapi.Scheduler, error) {
+	return nil, buildhook.ErrNoScheduler
+}
+
+// cmdBuildHook is what Nix runs as its build hook: argv
+// [basename(hook), VERBOSITY], stdin from Nix, stdout and stderr to it,
+// fd 4 the build log (internal/buildhook, docs/protocol.md).
+func cmdBuildHook(ctx context.Context, e *Env, args []string) error {
+	if len(args) != 1 {
+		return usagef("called without required arguments") // build-remote's words
+	}
+	v, err := strconv.Atoi(args[0])
+	if err != nil {
+		return usagef("build-hook: the verbosity %q is not a number", args[0])
+	}
+	code := buildhook.Run(ctx, &buildhook.Options{
+		Stdin:     e.Stdin,
+		Stderr:    e.Stderr,
+		Log:       buildLogFD(e.Stderr),
+		Verbosity: v,
+		Connect:   dialScheduler,
+	})
+	if code != 0 {
+		return &silentExit{code: code}
+	}
+	return nil
+}
+
+// buildLogFD is fd 4, the build log pipe Nix gives its hook, or stderr
+// when fd 4 is not a pipe, file, socket or terminal that was passed in
+// (the hook run by hand: the lowest free descriptors are the Go
+// runtime's, which are anonymous inodes).
+func buildLogFD(stderr io.Writer) io.Writer {
+	var st syscall.Stat_t
+	if err := syscall.Fstat(4, &st); err != nil {
+		return stderr
+	}
+	switch st.Mode & syscall.S_IFMT {
+	case syscall.S_IFIFO, syscall.S_IFREG, syscall.S_IFCHR, syscall.S_IFSOCK:
+		return os.NewFile(4, "build-log")
+	}
+	return stderr
+}

@@ -2,6 +2,8 @@ package cli
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"os"
 	"strconv"
@@ -9,6 +11,7 @@ import (
 
 	"ferry/internal/buildhook"
 	"ferry/internal/hookapi"
+	"ferry/internal/schedd"
 )
 
 func init() {
@@ -24,12 +27,19 @@ func init() {
 // "build-hook = /usr/local/bin/ferry-build-hook", a symlink to ferry.
 const BuildHookName = "ferry-build-hook"
 
-// dialScheduler opens the ferry scheduler that serves the client store
-// whose state directory is stateDir; an error wrapping
-// buildhook.ErrNoScheduler means none runs, and the hook places the build
-// itself.
+// dialScheduler opens the ferry scheduler (internal/schedd) that serves
+// the client store whose state directory is stateDir, on its socket
+// there; an error wrapping buildhook.ErrNoScheduler means none runs (no
+// socket, or it refuses), and the hook places the build itself.
 var dialScheduler = func(ctx context.Context, stateDir string) (hookapi.Scheduler, error) {
-	return nil, buildhook.ErrNoScheduler
+	open, err := schedd.Dial(schedd.SocketPath(stateDir))
+	if err != nil {
+		if errors.Is(err, schedd.ErrNotRunning) {
+			return nil, fmt.Errorf("%w: %v", buildhook.ErrNoScheduler, err)
+		}
+		return nil, err
+	}
+	return open()
 }
 
 // cmdBuildHook is what Nix runs as its build hook: argv

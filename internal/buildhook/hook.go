@@ -3,8 +3,8 @@
 // process runs to have derivations built on other machines
 // (src/libstore/build/hook-instance.cc@2.8.0,
 // src/libstore/build/derivation-goal.cc@2.8.0 tryBuildHook,
-// src/build-remote/build-remote.cc@2.8.0; docs/protocol.md, "The build
-// hook").
+// src/build-remote/build-remote.cc@2.8.0; docs/protocol.md §7.1 and
+// §13).
 //
 // Nix starts the hook as [basename(hook), VERBOSITY] with its stdin a
 // pipe from Nix, stdout and stderr one pipe to Nix (replies and

@@ -15,8 +15,8 @@ import (
 // The hook protocol, as Nix 2.8 speaks it to its build hook
 // (src/libstore/build/hook-instance.cc@2.8.0 sends the settings,
 // src/libstore/build/derivation-goal.cc@2.8.0 tryBuildHook the requests,
-// src/build-remote/build-remote.cc@2.8.0 reads them; docs/protocol.md,
-// "The build hook"). Everything Nix sends is in its wire format
+// src/build-remote/build-remote.cc@2.8.0 reads them; docs/protocol.md
+// §7.1 and §13). Everything Nix sends is in its wire format
 // (nix/wire): little-endian u64 integers, strings padded to 8 bytes.
 
 // Bounds on what the decoder accepts before allocating. Nix sends every

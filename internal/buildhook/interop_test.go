@@ -2,6 +2,7 @@ package buildhook_test
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
@@ -74,8 +75,20 @@ func newHookEnv(t *testing.T) *hookEnv {
 	if err := os.WriteFile(e.expr, []byte(graphNix), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	e.env = append(nixtest.Env(filepath.Join(e.dir, "client")), e.sshd.Env()...)
+	// In-process placement unless a test asks for the scheduler.
+	e.env = append(append(nixtest.Env(filepath.Join(e.dir, "client")), e.sshd.Env()...), "FERRY_SCHEDULER=off")
 	return e
+}
+
+// withoutEnv is env less the variable name.
+func withoutEnv(env []string, name string) []string {
+	var out []string
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, name+"=") {
+			out = append(out, kv)
+		}
+	}
+	return out
 }
 
 // machine is a machines line for a builder store behind the sshd, run by
@@ -183,6 +196,48 @@ func TestHookInterop(t *testing.T) {
 				t.Errorf("%s built no leaf", st)
 			}
 			verify(t, st)
+		}
+		verify(t, local)
+	})
+
+	t.Run("graph through a scheduler started on demand", func(t *testing.T) {
+		// FERRY_SCHEDULER unset: the first hook starts ferry scheduler
+		// on the client store's state directory; every hook of the run
+		// uses it, so the sessions are its persistent ones, one per
+		// slot, instead of one per derivation.
+		local := filepath.Join(e.dir, "local-sched")
+		stateDir := filepath.Join(local, "nix/var/nix")
+		t.Cleanup(func() { exec.Command("pkill", "-f", "scheduler --state-dir "+stateDir).Run() })
+		b1, b2 := filepath.Join(e.dir, "s1"), filepath.Join(e.dir, "s2")
+		before := sessions(e.sshd)
+		saved := e.env
+		e.env = withoutEnv(saved, "FERRY_SCHEDULER")
+		r := e.nixBuild(local, []string{e.machine(e.ferry, b1, "2 1"), e.machine("nix-store", b2, "2 1")}, "-j0", e.expr)
+		e.env = saved
+		if r.err != nil {
+			t.Fatalf("nix-build: %v\n%s", r.err, r.stderr)
+		}
+		if r.out != refOut {
+			t.Fatalf("nix-build through the scheduler gave %q, a local one %q", r.out, refOut)
+		}
+		if n := sessions(e.sshd) - before; n > 4 || n == 0 {
+			t.Errorf("%d ssh sessions for 25 builds on 4 slots", n)
+		}
+		cmd := exec.Command(e.ferry, "status", "--state-dir", stateDir, "--json")
+		cmd.Env = e.env
+		out, err := cmd.Output()
+		var st struct {
+			Machines []struct{ Succeeded uint64 } `json:"machines"`
+		}
+		if err == nil {
+			err = json.Unmarshal(out, &st)
+		}
+		var built uint64
+		for _, m := range st.Machines {
+			built += m.Succeeded
+		}
+		if err != nil || built != 25 {
+			t.Errorf("ferry status of the on-demand scheduler: %d builds succeeded, want 25 (%v)\n%s", built, err, out)
 		}
 		verify(t, local)
 	})

@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"syscall"
+	"time"
 
 	"ferry/internal/buildhook"
 	"ferry/internal/hookapi"
@@ -27,12 +28,34 @@ func init() {
 // "build-hook = /usr/local/bin/ferry-build-hook", a symlink to ferry.
 const BuildHookName = "ferry-build-hook"
 
+// onDemandIdle is how long a scheduler the hook starts stays up without
+// clients.
+const onDemandIdle = 60 * time.Second
+
 // dialScheduler opens the ferry scheduler (internal/schedd) that serves
 // the client store whose state directory is stateDir, on its socket
-// there; an error wrapping buildhook.ErrNoScheduler means none runs (no
-// socket, or it refuses), and the hook places the build itself.
+// there. $FERRY_SCHEDULER says what to do when none runs: unset or "auto",
+// start one (ferry scheduler --idle-exit 60s, detached, logging to the
+// state directory) and use it; "on", use a running one only; "off", never
+// ask one. An error wrapping buildhook.ErrNoScheduler means the hook
+// places the build itself.
 var dialScheduler = func(ctx context.Context, stateDir string) (hookapi.Scheduler, error) {
-	open, err := schedd.Dial(schedd.SocketPath(stateDir))
+	mode := os.Getenv("FERRY_SCHEDULER")
+	if mode == "off" {
+		return nil, fmt.Errorf("%w: FERRY_SCHEDULER=off", buildhook.ErrNoScheduler)
+	}
+	sock := schedd.SocketPath(stateDir)
+	open, err := schedd.Dial(sock)
+	if err != nil && errors.Is(err, schedd.ErrNotRunning) && (mode == "" || mode == "auto") {
+		self, xerr := os.Executable()
+		if xerr == nil {
+			if _, serr := schedd.Start(ctx, self, stateDir, "--idle-exit", onDemandIdle.String()); serr == nil {
+				open, err = schedd.Dial(sock)
+			} else {
+				err = fmt.Errorf("%w (starting one: %v)", err, serr)
+			}
+		}
+	}
 	if err != nil {
 		if errors.Is(err, schedd.ErrNotRunning) {
 			return nil, fmt.Errorf("%w: %v", buildhook.ErrNoScheduler, err)

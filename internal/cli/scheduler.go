@@ -39,6 +39,7 @@ func cmdScheduler(ctx context.Context, e *Env, args []string) error {
 	queueWait := fs.Duration("queue-wait", 2*time.Second, "how long a request waits for a busy machine before Nix is told to postpone")
 	backoff := fs.Duration("backoff", 10*time.Second, "first back-off of a machine that failed (doubling, up to 10m)")
 	connTimeout := fs.Duration("connect-timeout", 0, "how long a build machine may take to answer (default 10s)")
+	idleExit := fs.Duration("idle-exit", 0, "exit once no client has been connected for this long (0: never); a scheduler a build hook starts uses 60s")
 	ops, err := parseFlags(fs, args)
 	if err != nil {
 		return err
@@ -76,7 +77,7 @@ func cmdScheduler(ctx context.Context, e *Env, args []string) error {
 		qw = -1
 	}
 	d, err := schedd.Listen(schedd.Options{StateDir: *stateDir, Machines: ms, MetricsAddr: *metrics, QueueWait: qw,
-		BackoffBase: *backoff, ConnectTimeout: *connTimeout, Log: e.Stderr})
+		BackoffBase: *backoff, ConnectTimeout: *connTimeout, Log: e.Stderr, IdleExit: *idleExit})
 	if err != nil {
 		return err
 	}

@@ -55,6 +55,10 @@ type Options struct {
 	// Log receives what an operator should know (machines down and up,
 	// builds failed). Nil discards it.
 	Log io.Writer
+	// IdleExit, if positive, ends Serve once no client has been
+	// connected for that long: a scheduler started on demand by a build
+	// hook goes away when the builds are over.
+	IdleExit time.Duration
 }
 
 // Daemon is a running scheduler.
@@ -76,6 +80,7 @@ type Daemon struct {
 	recent     []Failure
 	queue      int
 	conns      int
+	lastConn   time.Time // when a client last came or went (IdleExit)
 
 	clientsMu sync.Mutex
 	clients   map[string]*clientEntry
@@ -149,7 +154,7 @@ func Listen(opts Options) (*Daemon, error) {
 	if err := os.MkdirAll(opts.StateDir, 0o755); err != nil {
 		return nil, err
 	}
-	d := &Daemon{opts: opts, system: settings.Default().System, started: time.Now(), changed: make(chan struct{}),
+	d := &Daemon{opts: opts, system: settings.Default().System, started: time.Now(), lastConn: time.Now(), changed: make(chan struct{}),
 		machines: map[string]*mstate{}, health: map[string]savedMachine{}, running: map[int]*RunningBuild{},
 		clients: map[string]*clientEntry{}, loads: map[string]*machines.Load{}}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
@@ -250,6 +255,9 @@ func (d *Daemon) closeListeners() {
 func (d *Daemon) Serve(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { d.cancel(); d.ln.Close() })
 	defer stop()
+	if d.opts.IdleExit > 0 {
+		go d.exitWhenIdle()
+	}
 	var err error
 	for {
 		nc, aerr := d.ln.Accept()
@@ -283,6 +291,29 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	os.Remove(d.SocketPath())
 	d.closeListeners()
 	return err
+}
+
+// exitWhenIdle ends Serve (cancelling the daemon and closing its
+// listener) once no client has been connected for IdleExit.
+func (d *Daemon) exitWhenIdle() {
+	tick := time.NewTicker(min(d.opts.IdleExit/4+time.Millisecond, time.Second))
+	defer tick.Stop()
+	for {
+		select {
+		case <-d.ctx.Done():
+			return
+		case <-tick.C:
+		}
+		d.mu.Lock()
+		idle := d.conns == 0 && time.Since(d.lastConn) >= d.opts.IdleExit
+		d.mu.Unlock()
+		if idle {
+			d.say("no client for %s: exiting", d.opts.IdleExit)
+			d.cancel()
+			d.ln.Close()
+			return
+		}
+	}
 }
 
 func (d *Daemon) say(format string, a ...any) {
@@ -551,12 +582,14 @@ func (d *Daemon) serveConn(nc net.Conn) {
 	c := &conn{nc: nc}
 	d.mu.Lock()
 	d.conns++
+	d.lastConn = time.Now()
 	d.mu.Unlock()
 	defer func() {
 		d.release(c.grant)
 		nc.Close()
 		d.mu.Lock()
 		d.conns--
+		d.lastConn = time.Now()
 		d.mu.Unlock()
 	}()
 	reqs := make(chan []byte)

@@ -677,3 +677,36 @@ machine b2: cannot connect: refused
 		t.Errorf("got:\n%s\nwant:\n%s", b.String(), want)
 	}
 }
+
+// A scheduler with IdleExit (as a build hook starts one) ends once no
+// client has been connected for that long, and not while one is.
+func TestIdleExit(t *testing.T) {
+	stateDir := t.TempDir()
+	d, err := schedd.Listen(schedd.Options{StateDir: stateDir, IdleExit: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- d.Serve(context.Background()) }()
+	c, err := schedd.Connect(context.Background(), d.SocketPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("Serve ended while a client was connected: %v", err)
+	case <-time.After(time.Second):
+	}
+	c.Release()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Serve did not end after the last client left")
+	}
+	if _, err := os.Stat(d.SocketPath()); !os.IsNotExist(err) {
+		t.Errorf("socket left behind: %v", err)
+	}
+}

@@ -101,7 +101,7 @@ func cmdBuild(ctx context.Context, e *Env, args []string) error {
 	}
 	return withConfiguredStore(ctx, e, s, func(st *localstore.Store) error {
 		if len(ms) > 0 {
-			return runRemoteBuild(ctx, e, st, ops, s, ms, &f)
+			return runRemoteBuild(ctx, e, st, ops, s, ms, builders, &f)
 		}
 		return runBuild(ctx, e, st, ops, s, f.json)
 	})

@@ -5,11 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"sort"
 
+	"ferry/internal/hookapi"
 	"ferry/internal/localstore"
 	"ferry/internal/machines"
 	"ferry/internal/remote"
+	"ferry/internal/schedd"
 	"ferry/internal/settings"
 	"ferry/nix/storepath"
 )
@@ -18,7 +21,7 @@ import (
 // and, with -j N > 0, locally (internal/remote), printing the roots'
 // output paths, or with --json every derivation's machine, status,
 // outputs and times.
-func runRemoteBuild(ctx context.Context, e *Env, st *localstore.Store, ops []string, s *settings.Settings, ms []*machines.Machine, f *buildFlags) error {
+func runRemoteBuild(ctx context.Context, e *Env, st *localstore.Store, ops []string, s *settings.Settings, ms []*machines.Machine, builders string, f *buildFlags) error {
 	roots, err := parseDrvPaths(st, ops)
 	if err != nil {
 		return err
@@ -33,14 +36,34 @@ func runRemoteBuild(ctx context.Context, e *Env, st *localstore.Store, ops []str
 		LogDir:         f.logDir,
 		Messages:       e.Stderr,
 	}
+	// A ferry scheduler serving this store places the remote builds, as
+	// it does the build hook's (FERRY_SCHEDULER=off: never).
+	if os.Getenv("FERRY_SCHEDULER") != "off" {
+		if open, err := schedd.Dial(schedd.SocketPath(st.StateDir())); err == nil {
+			opts.Daemon = func(context.Context) (hookapi.Scheduler, error) { return open() }
+			opts.Builders = builders
+			opts.StoreURI = e.Store
+			if opts.StoreURI == "" {
+				opts.StoreURI = st.Root()
+			}
+			if opts.StoreURI == "" {
+				opts.StoreURI = "local"
+			}
+			if e.Verbose {
+				fmt.Fprintf(e.Stderr, "remote builds go through the ferry scheduler at %s\n", schedd.SocketPath(st.StateDir()))
+			}
+		}
+	}
 	var display *buildDisplay
 	if isTerminal(e.Stderr) && !f.json {
 		var order []string
 		for _, m := range ms {
 			order = append(order, m.URI)
 		}
-		order = append(order, remote.LocalMachine)
-		display = newBuildDisplay(e.Stderr, remote.MachineNames(ms), order, terminalWidth(e.Stderr))
+		order = append(order, remote.DaemonMachine, remote.LocalMachine)
+		names := remote.MachineNames(ms)
+		names[remote.DaemonMachine] = "ferry scheduler"
+		display = newBuildDisplay(e.Stderr, names, order, terminalWidth(e.Stderr))
 		opts.Progress = display
 		opts.Log = display.logWriter()
 		opts.Messages = opts.Log

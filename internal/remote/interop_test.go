@@ -699,3 +699,83 @@ in derivation { name = "slow-all"; inherit system; builder = "/bin/sh"; args = [
 		verify(t, st)
 	}
 }
+
+// With a ferry scheduler serving the client store, ferry build --builders
+// sends its remote builds through it: the same outputs, the scheduler's
+// one session per slot, and its status counts the builds.
+func TestRemoteBuildThroughScheduler(t *testing.T) {
+	e := newEnv(t)
+	ref := filepath.Join(e.dir, "ref")
+	refOut := nixtest.Line(t, "nix-build", "--store", ref, "--no-out-link", "--option", "system-features", "special", "--argstr", "system", e.system, e.expr)
+	local := filepath.Join(e.dir, "local")
+	drv := e.instantiate(local)
+	stateDir := filepath.Join(local, "nix/var/nix")
+	cmd := exec.Command(e.ferry, "scheduler", "--state-dir", stateDir)
+	cmd.Env = e.clEnv
+	var daemonLog bytes.Buffer
+	cmd.Stderr = &daemonLog
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	sock := filepath.Join(stateDir, "ferry-scheduler.sock")
+	for i := 0; ; i++ {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		if i > 100 {
+			t.Fatalf("no scheduler socket:\n%s", daemonLog.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	b1, b2, b3 := filepath.Join(e.dir, "b1"), filepath.Join(e.dir, "b2"), filepath.Join(e.dir, "b3")
+	ms := strings.Join([]string{
+		e.machine(e.ferry, b1, "2 1"),
+		e.machine("nix-store", b2, "2 1"),
+		e.machine(e.ferry, b3, "1 1 special special"),
+	}, "\n")
+	before := strings.Count(e.sshd.Log(), "Accepted publickey")
+	r := e.ferryBuild(local, ms, nil, "-j", "0", drv)
+	if r.code != 0 {
+		t.Fatalf("ferry build: exit %d\n%s\nscheduler:\n%s", r.code, r.stderr, daemonLog.String())
+	}
+	if got := r.byName()["root"].Outputs["out"]; got != refOut {
+		t.Fatalf("root built to %q, nix-build gave %q", got, refOut)
+	}
+	if diff := cmp.Diff(nixtest.PathInfos(t, ref, "--recursive", refOut), nixtest.PathInfos(t, local, "--recursive", refOut)); diff != "" {
+		t.Errorf("outputs differ from a local nix-build:\n%s", diff)
+	}
+	for name, x := range r.byName() {
+		if x.Machine != "ferry-scheduler" {
+			t.Errorf("%s was built on %q, not through the scheduler", name, x.Machine)
+		}
+	}
+	if n := strings.Count(e.sshd.Log(), "Accepted publickey") - before; n > 5 || n == 0 {
+		t.Errorf("%d ssh sessions for 5 slots", n)
+	}
+	st := exec.Command(e.ferry, "status", "--state-dir", stateDir, "--json")
+	st.Env = e.clEnv
+	out, err := st.Output()
+	var status struct {
+		Machines []struct {
+			URI       string `json:"uri"`
+			Succeeded uint64 `json:"succeeded"`
+		} `json:"machines"`
+	}
+	if err == nil {
+		err = json.Unmarshal(out, &status)
+	}
+	var built uint64
+	for _, m := range status.Machines {
+		built += m.Succeeded
+		if strings.Contains(m.URI, "/b3") && m.Succeeded != 3 {
+			t.Errorf("the special machine built %d, want the 3 special ones", m.Succeeded)
+		}
+	}
+	if err != nil || built != 33 {
+		t.Errorf("ferry status: %d builds succeeded, want 33 (%v)\n%s", built, err, out)
+	}
+	for _, st := range []string{b1, b2, b3, local} {
+		verify(t, st)
+	}
+}

@@ -35,9 +35,11 @@ import (
 
 	"ferry/internal/build"
 	storecopy "ferry/internal/copy"
+	"ferry/internal/hookapi"
 	"ferry/internal/localstore"
 	"ferry/internal/machines"
 	"ferry/internal/schedule"
+	"ferry/internal/serve"
 	"ferry/internal/settings"
 	"ferry/nix/derivation"
 	"ferry/nix/storepath"
@@ -79,7 +81,20 @@ type Options struct {
 	// Schedule tunes the scheduler (back-off, clock); KeepGoing is set
 	// from above.
 	Schedule schedule.Options
+	// Daemon, if not nil, connects to a running ferry scheduler
+	// (internal/schedd): remote builds then go through it, which places
+	// them on its machines with its persistent sessions, slot accounting
+	// across every client and back-off, while this run still orders the
+	// graph and builds locally with LocalJobs. StoreURI names the local
+	// store to it and Builders the machines (Nix's format).
+	Daemon   func(ctx context.Context) (hookapi.Scheduler, error)
+	StoreURI string
+	Builders string
 }
+
+// DaemonMachine is the name of a running ferry scheduler among the
+// machines of a run that uses one (Options.Daemon).
+const DaemonMachine = "ferry-scheduler"
 
 // Progress hears about a run, for a live display. Started, Finished and
 // Counts are called from one goroutine; the copy progress Copying returns
@@ -203,7 +218,34 @@ func newRun(ctx context.Context, local *localstore.Store, roots []storepath.Path
 		return nil, err
 	}
 	var ms []schedule.Machine
+	if opts.Daemon != nil {
+		// The scheduler stands for every machine: it can build what any
+		// of them can, as many at once as they have slots, and decides
+		// which one does.
+		dm := schedule.Machine{ID: DaemonMachine, SpeedFactor: 1}
+		seen := map[string]bool{}
+		for _, m := range opts.Machines {
+			dm.MaxJobs += int(m.MaxJobs)
+			for _, sys := range m.Systems {
+				if !seen["s:"+sys] {
+					seen["s:"+sys] = true
+					dm.Systems = append(dm.Systems, sys)
+				}
+			}
+			for _, f := range m.AllFeatures() {
+				if !seen["f:"+f] {
+					seen["f:"+f] = true
+					dm.SupportedFeatures = append(dm.SupportedFeatures, f)
+				}
+			}
+		}
+		ms = append(ms, dm)
+		r.names[DaemonMachine] = DaemonMachine
+	}
 	for _, m := range opts.Machines {
+		if opts.Daemon != nil {
+			break
+		}
 		id := m.URI
 		if _, dup := r.pools[id]; dup {
 			return nil, fmt.Errorf("machine '%s' is listed twice (%s:%d)", m.URI, m.Source, m.Line)
@@ -225,7 +267,7 @@ func newRun(ctx context.Context, local *localstore.Store, roots []storepath.Path
 	if r.sched, err = schedule.New(jobs, ms, so); err != nil {
 		return nil, err
 	}
-	if len(opts.Machines) > 0 {
+	if len(opts.Machines) > 0 && opts.Daemon == nil {
 		if r.load, err = machines.OpenLoad(local.StateDir()); err != nil {
 			return nil, err
 		}
@@ -406,6 +448,10 @@ func (r *run) start(a schedule.Assignment) {
 			t := time.Now()
 			o.res, o.err = build.Build(r.ctx, r.local, p, d, &build.Options{Settings: r.s, Log: log})
 			o.times.Build = time.Since(t)
+		} else if a.Machine == DaemonMachine {
+			t := time.Now()
+			o.res, o.err = r.viaDaemon(p, d, log)
+			o.times.Build = time.Since(t)
 		} else {
 			o.step, o.connected, o.err = r.remote(r.pools[a.Machine], p, d, log)
 			if o.step != nil {
@@ -517,6 +563,69 @@ func (r *run) remote(pl *pool, p storepath.Path, d *derivation.Derivation, log i
 		sl.sess = nil
 	}
 	return res, connected, err
+}
+
+// viaDaemon has the ferry scheduler build p: a try (postponed ones are
+// retried while the scheduler's machines are busy), then the build, whose
+// log it streams, then the release. The scheduler copies the inputs from
+// the local store and the outputs back into it. Its transport failing is
+// a *MachineError of DaemonMachine; its having no machine, or the build
+// failing, a failed result.
+func (r *run) viaDaemon(p storepath.Path, d *derivation.Derivation, log io.Writer) (*store.BuildResult, error) {
+	fail := func(err error) (*store.BuildResult, error) {
+		if r.ctx.Err() != nil {
+			return nil, r.ctx.Err()
+		}
+		return nil, &MachineError{Machine: DaemonMachine, Err: err}
+	}
+	settings := map[string]string{
+		"max-silent-time": fmt.Sprint(int64(r.s.MaxSilentTime.Seconds())),
+		"timeout":         fmt.Sprint(int64(r.s.Timeout.Seconds())),
+		"max-log-size":    fmt.Sprint(r.s.MaxLogSize),
+	}
+	for {
+		sch, err := r.opts.Daemon(r.ctx)
+		if err != nil {
+			return fail(err)
+		}
+		rep, err := sch.Try(r.ctx, &hookapi.TryRequest{Store: r.opts.StoreURI, Builders: r.opts.Builders, System: d.Platform,
+			DrvPath: p, Features: strings.Fields(d.Env["requiredSystemFeatures"]), Settings: settings})
+		if err != nil {
+			sch.Release()
+			return fail(err)
+		}
+		switch rep.Decision {
+		case hookapi.Accept:
+			var inputs []storepath.Path
+			basic, berr := serve.BasicDerivation(d, r.outputsOf)
+			if berr == nil {
+				inputs = basic.InputSrcs
+			}
+			br, err := sch.Build(r.ctx, &hookapi.BuildRequest{DrvPath: p, Inputs: inputs, WantedOutputs: d.OutputNames()}, log)
+			sch.Release()
+			if err != nil {
+				return fail(err)
+			}
+			if !br.Success {
+				return &store.BuildResult{Status: store.PermanentFailure, ErrorMsg: br.Message}, nil
+			}
+			return &store.BuildResult{Status: store.Built, BuiltOutputs: d.OutputPaths()}, nil
+		case hookapi.Postpone:
+			sch.Release()
+			select {
+			case <-time.After(time.Second):
+			case <-r.ctx.Done():
+				return nil, r.ctx.Err()
+			}
+		default:
+			sch.Release()
+			msg := rep.Message
+			if msg == "" {
+				msg = string(rep.Decision)
+			}
+			return &store.BuildResult{Status: store.MiscFailure, ErrorMsg: fmt.Sprintf("the ferry scheduler has no machine for '%s': %s", p, msg)}, nil
+		}
+	}
 }
 
 // slotLock takes one of Nix's slot locks of m, waiting while other

@@ -13,6 +13,7 @@ import (
 	"ferry/internal/hookapi"
 	"ferry/internal/localstore"
 	"ferry/internal/remote"
+	"ferry/internal/settings"
 	"ferry/nix/derivation"
 	"ferry/nix/storepath"
 	"ferry/store"
@@ -159,19 +160,29 @@ func (d *Daemon) buildOn(ctx context.Context, g *grant, p storepath.Path, drv *d
 	return &hookapi.BuildReply{Success: true, Machine: uri}, nil
 }
 
-// buildSettings are the limits of Nix's settings that travel with a build.
+// buildSettings are the limits of Nix's settings that travel with a build,
+// by any of their names (the hook sends Nix's: max-build-log-size;
+// ferry build sends max-log-size).
 func buildSettings(s map[string]string) *store.BuildSettings {
 	bs := &store.BuildSettings{}
-	num := func(k string) uint64 {
-		n, _ := strconv.ParseUint(s[k], 10, 64)
-		return n
+	num := func(ks ...string) uint64 {
+		for _, k := range ks {
+			if n, err := strconv.ParseUint(s[k], 10, 64); err == nil && n != 0 {
+				return n
+			}
+		}
+		return 0
 	}
-	bs.MaxSilentTime = time.Duration(num("max-silent-time")) * time.Second
-	bs.Timeout = time.Duration(num("timeout")) * time.Second
-	if bs.Timeout == 0 {
-		bs.Timeout = time.Duration(num("build-timeout")) * time.Second
+	bs.MaxSilentTime = time.Duration(num("max-silent-time", "build-max-silent-time")) * time.Second
+	bs.Timeout = time.Duration(num("timeout", "build-timeout")) * time.Second
+	bs.MaxLogSize = num("max-build-log-size", "max-log-size")
+	bs.BuildRepeat = num("repeat", "build-repeat")
+	if b, err := settings.ParseBool("enforce-determinism", s["enforce-determinism"]); err == nil {
+		bs.EnforceDeterminism = b
 	}
-	bs.MaxLogSize = num("max-log-size")
+	if b, err := settings.ParseBool("keep-failed", s["keep-failed"]); err == nil {
+		bs.KeepFailed = b
+	}
 	return bs
 }
 

@@ -58,43 +58,9 @@ ferry="$work/ferry"
 hook="$work/ferry-build-hook"
 ln -s "$ferry" "$hook"
 
-export HOME="$work/home" NIX_CONF_DIR="$work/etc"
-busybox=$(command -v busybox)
-export NIX_CONFIG="experimental-features = nix-command
-build-users-group =
-substituters =
-require-sigs = false
-sandbox-paths = /bin/sh=$busybox"
-mkdir -p "$HOME" "$NIX_CONF_DIR"
-printf '%s\n' "$NIX_CONFIG" >"$NIX_CONF_DIR/nix.conf" # read by the builders too
-
-# shellcheck source=bench/sshd.sh
-source "$root/bench/sshd.sh"
-d="$work/ssh"
-start_sshd "$d"
-echo "[127.0.0.1]:$port $(cut -d' ' -f1,2 "$d/host.pub")" >"$d/known_hosts"
-export NIX_SSHOPTS="-F none -p $port -i $d/client -o IdentitiesOnly=yes -o UserKnownHostsFile=$d/known_hosts -o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes -o BatchMode=yes -o LogLevel=ERROR"
-host="$user@127.0.0.1"
-# shellcheck disable=SC2086
-ssh $NIX_SSHOPTS "$host" true
-system=$(nix-instantiate --eval --expr builtins.currentSystem | tr -d '"')
-
-cat >"$work/graph.nix" <<'NIX'
-{ system, shape, n, sleep, tag }:
-let
-  mk = name: deps: derivation {
-    inherit name system;
-    builder = "/bin/sh";
-    args = [ "-c" "sleep ${sleep}; i=0; while [ $i -lt 64 ]; do echo ${name} ${tag} line $i of a few kilobytes of output; i=$((i+1)); done > $out; cat ${toString deps} /dev/null >> $out" ];
-  };
-  wide = mk "top" (builtins.genList (i: mk "leaf-${toString i}" []) (n - 1));
-  chain = c: builtins.foldl' (prev: k: mk "c${toString c}-${toString k}" (if prev == null then [] else [ prev ])) null (builtins.genList (k: k) 6);
-  deep = mk "top" (builtins.genList chain (n / 6));
-in if shape == "wide" then wide else deep
-NIX
-
-now() { date +%s.%N; }
-sessions() { grep -c 'Accepted publickey' "$d/log" || true; }
+# shellcheck source=bench/builders.sh
+source "$root/bench/builders.sh"
+setup_builders
 
 # start_scheduler STATEDIR LOG: ferry scheduler on the client store's
 # state directory, as the hook finds it; sets sched_pid.

@@ -299,7 +299,7 @@ func TestDaemonHookInterop(t *testing.T) {
 			t.Errorf("the scheduler built %d (max-jobs %d), want 6 (1): %+v\n%s", m.Succeeded, m.MaxJobs, m, d.log)
 		}
 		for _, st := range []string{local, b} {
-			verify(t, st)
+			nixtest.Verify(t, st)
 		}
 	})
 
@@ -359,7 +359,7 @@ func TestDaemonHookInterop(t *testing.T) {
 			if nd != 13 {
 				t.Errorf("%d derivations, want 13", nd)
 			}
-			verify(t, local)
+			nixtest.Verify(t, local)
 		}
 
 		n, r, good, local := run("on", "sched")
@@ -443,7 +443,7 @@ func TestDaemonHookInterop(t *testing.T) {
 		// builds a moment to be killed before checking the stores.
 		time.Sleep(time.Second)
 		for _, st := range []string{local, b1, b2} {
-			verify(t, st)
+			nixtest.Verify(t, st)
 		}
 
 		d2 := e.startDaemon(stateDir)
@@ -466,7 +466,7 @@ func TestDaemonHookInterop(t *testing.T) {
 			t.Errorf("the restarted scheduler built nothing: %+v", st.Machines)
 		}
 		for _, st := range []string{local, b1, b2} {
-			verify(t, st)
+			nixtest.Verify(t, st)
 		}
 	})
 }

@@ -3,7 +3,6 @@ package buildhook_test
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -137,19 +136,6 @@ func storeFiles(st, part string) []string {
 	return fs
 }
 
-func verify(t *testing.T, st string) {
-	t.Helper()
-	_, stderr, err := nixtest.Try(t, nil, "nix-store", "--store", st, "--verify", "--check-contents")
-	for _, l := range strings.Split(strings.TrimSpace(string(stderr)), "\n") {
-		if l != "" && !strings.HasPrefix(l, "reading the Nix store") && !strings.HasPrefix(l, "checking ") {
-			err = errors.Join(err, errors.New(l))
-		}
-	}
-	if err != nil {
-		t.Errorf("nix-store --store %s --verify --check-contents: %v\n%s", st, err, stderr)
-	}
-}
-
 func sessions(s *sshtest.Server) int { return strings.Count(s.Log(), "Accepted publickey") }
 
 // TestHookInterop: real nix-build 2.8 with ferry build-hook over a real
@@ -195,9 +181,9 @@ func TestHookInterop(t *testing.T) {
 			if len(storeFiles(st, "-leaf-")) == 0 {
 				t.Errorf("%s built no leaf", st)
 			}
-			verify(t, st)
+			nixtest.Verify(t, st)
 		}
-		verify(t, local)
+		nixtest.Verify(t, local)
 	})
 
 	t.Run("graph through a scheduler started on demand", func(t *testing.T) {
@@ -239,7 +225,7 @@ func TestHookInterop(t *testing.T) {
 		if err != nil || built != 25 {
 			t.Errorf("ferry status of the on-demand scheduler: %d builds succeeded, want 25 (%v)\n%s", built, err, out)
 		}
-		verify(t, local)
+		nixtest.Verify(t, local)
 	})
 
 	t.Run("decline builds locally", func(t *testing.T) {
@@ -264,7 +250,7 @@ func TestHookInterop(t *testing.T) {
 		if _, err := os.Stat(other); !os.IsNotExist(err) || sessions(e.sshd) != before {
 			t.Errorf("the other system's machine was connected to: %v", err)
 		}
-		verify(t, local)
+		nixtest.Verify(t, local)
 	})
 
 	t.Run("postpone while the slot is held", func(t *testing.T) {
@@ -299,7 +285,7 @@ func TestHookInterop(t *testing.T) {
 		if r.took < hold {
 			t.Errorf("built in %v while the slot was held for %v", r.took, hold)
 		}
-		verify(t, local)
+		nixtest.Verify(t, local)
 	})
 
 	t.Run("dead builder first", func(t *testing.T) {
@@ -322,7 +308,7 @@ func TestHookInterop(t *testing.T) {
 		if len(storeFiles(good, "-root")) != 1 {
 			t.Errorf("root was not built on the good machine")
 		}
-		verify(t, local)
+		nixtest.Verify(t, local)
 	})
 
 	t.Run("failure", func(t *testing.T) {
@@ -339,7 +325,7 @@ func TestHookInterop(t *testing.T) {
 		if !regexp.MustCompile(`builder for '/nix/store/\S+-bad\.drv' failed with exit code 1`).MatchString(r.stderr) {
 			t.Errorf("Nix does not report the hook's exit status 1:\n%s", r.stderr)
 		}
-		verify(t, local)
+		nixtest.Verify(t, local)
 	})
 }
 

@@ -42,7 +42,7 @@ type Local struct {
 	mu   sync.Mutex
 	slot *machines.Slot
 	sess remote.Session
-	logw *switchWriter
+	logw *remote.SwitchWriter
 }
 
 var _ hookapi.Scheduler = (*Local)(nil)
@@ -72,11 +72,11 @@ type LocalOptions struct {
 // with the settings Nix sent (cfg.Settings.System is the default system
 // of the machines).
 func NewLocal(local *localstore.Store, cfg *Config, opts *LocalOptions) (*Local, error) {
-	l := &Local{local: local, cfg: cfg, s: cfg.Settings, disabled: map[*machines.Machine]bool{}, logw: &switchWriter{}}
+	l := &Local{local: local, cfg: cfg, s: cfg.Settings, disabled: map[*machines.Machine]bool{}, logw: &remote.SwitchWriter{}}
 	if opts != nil {
 		l.opts = *opts
 	}
-	l.logw.set(l.opts.Log)
+	l.logw.Set(l.opts.Log)
 	return l, nil
 }
 
@@ -226,8 +226,8 @@ func (l *Local) Build(ctx context.Context, req *hookapi.BuildRequest, log io.Wri
 	m := slot.Machine
 	start := time.Now()
 	if log != nil {
-		l.logw.set(log)
-		defer l.logw.set(l.opts.Log)
+		l.logw.Set(log)
+		defer l.logw.Set(l.opts.Log)
 	}
 	drv, err := l.local.ReadDerivation(ctx, req.DrvPath)
 	if err != nil {
@@ -352,26 +352,4 @@ func storeFeatures(st *localstore.Store, s *settings.Settings) []string {
 		return f
 	}
 	return s.SystemFeatures
-}
-
-// switchWriter passes writes to the writer set last; nil discards.
-type switchWriter struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (s *switchWriter) set(w io.Writer) {
-	s.mu.Lock()
-	s.w = w
-	s.mu.Unlock()
-}
-
-func (s *switchWriter) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.w == nil {
-		return len(p), nil
-	}
-	s.w.Write(p)
-	return len(p), nil
 }

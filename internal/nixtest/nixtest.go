@@ -9,6 +9,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -226,4 +227,20 @@ func Fixture(t testing.TB, section, name string, n int) [][]string {
 		t.Fatalf("testdata/%s is empty", name)
 	}
 	return lines
+}
+
+// Verify requires real `nix-store --store st --verify --check-contents` to
+// find st sound: it succeeds and prints nothing but its progress
+// ("reading the Nix store...", "checking ...").
+func Verify(t testing.TB, st string) {
+	t.Helper()
+	_, stderr, err := Try(t, nil, "nix-store", "--store", st, "--verify", "--check-contents")
+	for _, l := range strings.Split(strings.TrimSpace(string(stderr)), "\n") {
+		if l != "" && !strings.HasPrefix(l, "reading the Nix store") && !strings.HasPrefix(l, "checking ") {
+			err = errors.Join(err, errors.New(l))
+		}
+	}
+	if err != nil {
+		t.Errorf("nix-store --store %s --verify --check-contents: %v\n%s", st, err, stderr)
+	}
 }

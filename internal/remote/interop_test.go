@@ -181,20 +181,6 @@ func (r *runResult) byName() map[string]result {
 	return m
 }
 
-// verify requires nix-store --verify --check-contents to find st sound.
-func verify(t *testing.T, st string) {
-	t.Helper()
-	_, stderr, err := nixtest.Try(t, nil, "nix-store", "--store", st, "--verify", "--check-contents")
-	for _, l := range strings.Split(strings.TrimSpace(string(stderr)), "\n") {
-		if l != "" && !strings.HasPrefix(l, "reading the Nix store") && !strings.HasPrefix(l, "checking ") {
-			err = errors.Join(err, errors.New(l))
-		}
-	}
-	if err != nil {
-		t.Errorf("nix-store --store %s --verify --check-contents: %v\n%s", st, err, stderr)
-	}
-}
-
 func drvFiles(t *testing.T, st string) []string {
 	ents, _ := os.ReadDir(filepath.Join(st, "nix/store"))
 	var ds []string
@@ -270,9 +256,9 @@ func TestRemoteBuildGraph(t *testing.T) {
 		if ds := drvFiles(t, st); len(ds) > 0 {
 			t.Errorf("%s holds .drv files: %v", st, ds)
 		}
-		verify(t, st)
+		nixtest.Verify(t, st)
 	}
-	verify(t, local)
+	nixtest.Verify(t, local)
 	// One session per slot at most: 2 + 2 + 1, and one more for each
 	// slot reopened after its machine was reported down (a new store
 	// that two nix-store processes create at once may fail one of them).
@@ -330,7 +316,7 @@ func TestRemoteBuildFaults(t *testing.T) {
 		}
 		for _, st := range append(stores, local) {
 			if _, err := os.Stat(st); err == nil {
-				verify(t, st)
+				nixtest.Verify(t, st)
 			}
 		}
 	}
@@ -530,7 +516,7 @@ in mk "all" "echo ${after} ${builtins.concatStringsSep " " (map toString others)
 	if len(others) != 6 {
 		t.Errorf("--keep-going: others %v", others)
 	}
-	verify(t, local)
+	nixtest.Verify(t, local)
 }
 
 // TestRemoteBuildSharesSlotsWithNix: ferry build --builders and
@@ -696,7 +682,7 @@ in derivation { name = "slow-all"; inherit system; builder = "/bin/sh"; args = [
 		t.Errorf("%d remote builders still run after the sessions ended", n)
 	}
 	for _, st := range []string{local, b1, b2} {
-		verify(t, st)
+		nixtest.Verify(t, st)
 	}
 }
 
@@ -776,6 +762,6 @@ func TestRemoteBuildThroughScheduler(t *testing.T) {
 		t.Errorf("ferry status: %d builds succeeded, want 33 (%v)\n%s", built, err, out)
 	}
 	for _, st := range []string{b1, b2, b3, local} {
-		verify(t, st)
+		nixtest.Verify(t, st)
 	}
 }

@@ -179,7 +179,7 @@ type pool struct {
 
 type slot struct {
 	sess Session
-	log  *switchWriter
+	log  *SwitchWriter
 }
 
 type outcome struct {
@@ -252,7 +252,7 @@ func newRun(ctx context.Context, local *localstore.Store, roots []storepath.Path
 		}
 		p := &pool{m: m, free: make(chan *slot, m.MaxJobs)}
 		for i := 0; i < int(m.MaxJobs); i++ {
-			sl := &slot{log: &switchWriter{}}
+			sl := &slot{log: &SwitchWriter{}}
 			p.all = append(p.all, sl)
 			p.free <- sl
 		}
@@ -550,8 +550,8 @@ func (r *run) remote(pl *pool, p storepath.Path, d *derivation.Derivation, log i
 		sl.sess = sess
 		connected = true
 	}
-	sl.log.set(log)
-	defer sl.log.set(nil)
+	sl.log.Set(log)
+	defer sl.log.Set(nil)
 	step := &Step{DrvPath: p, Drv: d, Outputs: r.outputsOf, Settings: r.buildSettings(), Log: log}
 	if r.opts.Progress != nil {
 		step.Copy = r.opts.Progress.Copying(p, pl.m.URI)
@@ -823,26 +823,26 @@ func (r *run) collect() (map[storepath.Path]*Result, error) {
 	return r.results, nil
 }
 
-// switchWriter passes writes on to the writer set last (none: dropped):
-// a slot's session writes the far stderr to it, and each build on the
-// slot points it at that build's log.
-type switchWriter struct {
+// SwitchWriter passes writes on to the writer Set last (none: dropped):
+// a session's stderr goes to it, and each build on the session points it
+// at that build's log. The zero value drops everything.
+type SwitchWriter struct {
 	mu sync.Mutex
 	w  io.Writer
 }
 
-func (s *switchWriter) set(w io.Writer) {
+// Set makes w (nil: none) receive what is written from now on.
+func (s *SwitchWriter) Set(w io.Writer) {
 	s.mu.Lock()
 	s.w = w
 	s.mu.Unlock()
 }
 
-func (s *switchWriter) Write(p []byte) (int, error) {
+func (s *SwitchWriter) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.w == nil {
-		return len(p), nil
+	if s.w != nil {
+		s.w.Write(p)
 	}
-	s.w.Write(p)
 	return len(p), nil
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"strconv"
 	"sync"
 	"time"
@@ -98,7 +97,7 @@ func (d *Daemon) buildOn(ctx context.Context, g *grant, p storepath.Path, drv *d
 		}
 	}
 	g.local.LocksHeld(outs...)
-	s.log.set(lw)
+	s.log.Set(lw)
 	step := &remote.Step{DrvPath: p, Drv: drv, Settings: buildSettings(g.req.Settings), Log: lw,
 		Outputs: func(in storepath.Path) (map[string]storepath.Path, error) {
 			d, err := g.local.ReadDerivation(ctx, in)
@@ -108,7 +107,7 @@ func (d *Daemon) buildOn(ctx context.Context, g *grant, p storepath.Path, drv *d
 			return d.OutputPaths(), nil
 		}}
 	res, err := remote.BuildOn(ctx, g.local, uri, s.sess, step)
-	s.log.set(nil)
+	s.log.Set(nil)
 	if res != nil {
 		d.metrics.bytesSent.WithLabelValues(uri).Add(float64(res.SentBytes))
 	}
@@ -196,7 +195,7 @@ func (d *Daemon) session(ctx context.Context, ms *mstate, local *localstore.Stor
 		return s, nil
 	}
 	d.mu.Unlock()
-	sw := &switchWriter{}
+	sw := &remote.SwitchWriter{}
 	st, err := d.opts.Open(ctx, ms.m.StoreURI(), &store.OpenOptions{Log: sw, BareLog: true, ConnectTimeout: d.opts.ConnectTimeout})
 	if err != nil {
 		if ctx.Err() != nil {
@@ -352,26 +351,4 @@ func (w *lineWriter) Flush() {
 		w.send(string(w.buf))
 		w.buf = nil
 	}
-}
-
-// switchWriter passes writes on to the writer set last (none: dropped): a
-// session's stderr goes to the log of the build on it.
-type switchWriter struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (s *switchWriter) set(w io.Writer) {
-	s.mu.Lock()
-	s.w = w
-	s.mu.Unlock()
-}
-
-func (s *switchWriter) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.w != nil {
-		s.w.Write(p)
-	}
-	return len(p), nil
 }

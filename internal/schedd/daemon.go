@@ -113,7 +113,7 @@ type mstate struct {
 
 type session struct {
 	sess remote.Session
-	log  *switchWriter
+	log  *remote.SwitchWriter
 }
 
 type clientEntry struct {

@@ -132,7 +132,7 @@ func TestRestartAfterKill9(t *testing.T) {
 	}
 	stores := []string{st, filepath.Join(e.dir, "b1"), filepath.Join(e.dir, "b2")}
 	for _, s := range stores {
-		verify(t, s)
+		nixtest.Verify(t, s)
 	}
 	outputs := func() []storepath.Path {
 		var outs []storepath.Path
@@ -181,7 +181,7 @@ func TestRestartAfterKill9(t *testing.T) {
 		nixtest.Line(t, "nix-store", "--store", st, "--check-validity", string(o))
 	}
 	for _, s := range stores {
-		verify(t, s)
+		nixtest.Verify(t, s)
 	}
 	syscall.Kill(pid2, syscall.SIGTERM)
 	for deadline := time.Now().Add(10 * time.Second); alive(pid2) && time.Now().Before(deadline); {

@@ -200,20 +200,6 @@ func interval(t *testing.T, st string, drv storepath.Path) (float64, float64) {
 	return s, f
 }
 
-// verify requires nix-store --verify --check-contents to find st sound.
-func verify(t *testing.T, st string) {
-	t.Helper()
-	_, stderr, err := nixtest.Try(t, nil, "nix-store", "--store", st, "--verify", "--check-contents")
-	for _, l := range strings.Split(strings.TrimSpace(string(stderr)), "\n") {
-		if l != "" && !strings.HasPrefix(l, "reading the Nix store") && !strings.HasPrefix(l, "checking ") {
-			err = errors.Join(err, errors.New(l))
-		}
-	}
-	if err != nil {
-		t.Errorf("nix-store --store %s --verify --check-contents: %v\n%s", st, err, stderr)
-	}
-}
-
 // Two clients with their own stores build concurrently through one
 // daemon on a ferry builder (2 slots) and a nix-store --serve builder
 // (1 slot): no machine ever runs more than its max jobs (the builds'
@@ -321,7 +307,7 @@ func TestSlotsAcrossTwoClients(t *testing.T) {
 		}
 	}
 	for _, s := range []string{stA, stB, filepath.Join(e.dir, "b1"), filepath.Join(e.dir, "b2")} {
-		verify(t, s)
+		nixtest.Verify(t, s)
 	}
 }
 
@@ -481,7 +467,7 @@ func TestDeadMachineBackoff(t *testing.T) {
 	if got.Started != 2 || got.Failures != 2 || got.RetryIn <= 1500*time.Millisecond || got.RetryIn > 3*time.Second {
 		t.Errorf("after the probe: %+v", got)
 	}
-	verify(t, st)
+	nixtest.Verify(t, st)
 
 	// The state file carries the back-off to a new daemon.
 	b2, err := os.ReadFile(filepath.Join(stateDir, "ferry-scheduler.state.json"))

@@ -123,21 +123,6 @@ func ibGraphExpr(t *testing.T) string {
 	return ibWriteFile(t, strings.ReplaceAll(ibGraphNix, "@FODHASH@", fmt.Sprintf("%x", h)))
 }
 
-func ibVerify(t *testing.T, st string) {
-	t.Helper()
-	_, stderr, err := ibRun(t, nil, "nix-store", "--store", st, "--verify", "--check-contents")
-	// Nix prints its progress ("reading the Nix store...", "checking
-	// ...") and nothing else when all is well.
-	for _, l := range strings.Split(strings.TrimSpace(stderr), "\n") {
-		if !strings.HasPrefix(l, "reading the Nix store") && !strings.HasPrefix(l, "checking ") {
-			err = errors.Join(err, errors.New(l))
-		}
-	}
-	if err != nil {
-		t.Errorf("nix-store --store %s --verify --check-contents: %v\n%s", st, err, stderr)
-	}
-}
-
 // ibNixBuildersGraph: real nix-build with --max-jobs 0 builds a graph of
 // derivations on ferry, reached over a real sshd as
 // ssh://...?remote-program=<ferry>&remote-store=DST, so every derivation
@@ -196,8 +181,8 @@ func ibNixBuildersGraph(t *testing.T, e *ibEnv) {
 			t.Errorf("%s exists in ferry's store", p.Deriver)
 		}
 	}
-	ibVerify(t, dst)
-	ibVerify(t, local)
+	nixtest.Verify(t, dst)
+	nixtest.Verify(t, local)
 }
 
 // ibConn is a serve-protocol client session on a subprocess: ferry
@@ -517,7 +502,7 @@ func ibHydraSession(t *testing.T, e *ibEnv) {
 	if _, _, err := ibRun(t, nil, "nix-store", "--store", dst, "--check-validity", string(drvPath)); err == nil {
 		t.Errorf("%s is valid on the server", drvPath)
 	}
-	ibVerify(t, dst)
+	nixtest.Verify(t, dst)
 }
 
 func ibSortByName(ps []storepath.Path) []string {
@@ -829,7 +814,7 @@ in mk "ib-cmp-top" { args = [ "-c" "mkdir $out; echo ${dep.man} > $out/man-ref; 
 			t.Errorf("%s: replies differ\n nix   %q\n ferry %q", st.name, nixReplies[i], ferryReplies[i])
 		}
 	}
-	ibVerify(t, ferryDst)
+	nixtest.Verify(t, ferryDst)
 }
 
 // ibExport returns the export stream of paths in the store st.

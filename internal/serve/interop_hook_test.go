@@ -229,7 +229,7 @@ func hkLocal(t *testing.T, e *ibEnv, exit int, nixEmptyOutPaths bool) {
 		if got := hkRecord(t, record); got != o.record {
 			t.Errorf("%s: the hook ran again for valid outputs: %q", side, got)
 		}
-		ibVerify(t, st)
+		nixtest.Verify(t, st)
 	}
 	hkCompare(t, results, drv, outs, exit, nixEmptyOutPaths)
 	nix, ferry := results["nix"], results["ferry"]
@@ -361,7 +361,7 @@ func hkBuilders(t *testing.T, e *ibEnv, s *sshtest.Server, exit int, nixEmptyOut
 			if (exit == 0 && len(clientValid) != len(o)) || (exit != 0 && len(clientValid) != 0) {
 				t.Errorf("%s: client's valid outputs %q after a hook exiting %d\n%s", side, clientValid, exit, stderr)
 			}
-			ibVerify(t, remote)
+			nixtest.Verify(t, remote)
 			mu.Lock()
 			results[side] = oc
 			mu.Unlock()
@@ -463,7 +463,7 @@ func hkServe(t *testing.T, e *ibEnv, exit int, nixEmptyOutPaths bool) {
 			c.close()
 			r.stderr = c.stderr.String()
 			r.record = hkRecord(t, record)
-			ibVerify(t, dst)
+			nixtest.Verify(t, dst)
 			mu.Lock()
 			replies[side] = r
 			mu.Unlock()

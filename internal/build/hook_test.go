@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"ferry/internal/nixtest"
 	"ferry/nix/storepath"
 	"ferry/store"
 )
@@ -21,7 +22,7 @@ func writeHook(t *testing.T, script string) (hook, dir string) {
 	t.Helper()
 	dir = t.TempDir()
 	hook = filepath.Join(dir, "hook.sh")
-	if err := os.WriteFile(hook, []byte(script), 0o755); err != nil {
+	if err := nixtest.WriteExecutable(hook, []byte(script)); err != nil {
 		t.Fatal(err)
 	}
 	return hook, dir

@@ -41,7 +41,7 @@ in mk "slowtop" "mkdir $out; cat ${builtins.concatStringsSep " " (map toString l
 	}
 	script.WriteString(shellQuote(ferryBin) + " --store " + shellQuote(local) + " build -j 0 --builders " + shellQuote(builders) + " " + drv + "\necho exit=$?\nsleep 60\n")
 	sh := filepath.Join(dir, "run.sh")
-	os.WriteFile(sh, []byte(script.String()), 0o755)
+	nixtest.WriteExecutable(sh, []byte(script.String()))
 	capture := tmuxSession(t, "display", 120, "sh "+sh)
 
 	running := regexp.MustCompile(`^\[0/5 done, 4 running, 1 queued, .* in flight, .* sent\] \d+s$`)

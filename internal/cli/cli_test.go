@@ -35,7 +35,7 @@ func sampleTree(t *testing.T) string {
 	dir := filepath.Join(t.TempDir(), "tree")
 	os.MkdirAll(filepath.Join(dir, "d/e"), 0o755)
 	os.WriteFile(filepath.Join(dir, "a b.txt"), []byte("hello\n"), 0o644)
-	os.WriteFile(filepath.Join(dir, "d/x"), bytes.Repeat([]byte("x"), 70000), 0o755)
+	nixtest.WriteExecutable(filepath.Join(dir, "d/x"), bytes.Repeat([]byte("x"), 70000))
 	os.Symlink("../a b.txt", filepath.Join(dir, "d/link"))
 	os.Symlink("nowhere", filepath.Join(dir, "dangling"))
 	return dir

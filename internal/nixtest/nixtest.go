@@ -17,6 +17,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 )
 
@@ -243,4 +244,15 @@ func Verify(t testing.TB, st string) {
 	if err != nil {
 		t.Errorf("nix-store --store %s --verify --check-contents: %v\n%s", st, err, stderr)
 	}
+}
+
+// WriteExecutable writes a script or program to path, mode 0755, as
+// os.WriteFile does, but with no fork in between: a process forked while
+// the file is open for writing would hold it open, and executing it would
+// fail with "Text file busy" (ETXTBSY) until that child execs, which
+// parallel tests that start processes hit now and then.
+func WriteExecutable(path string, data []byte) error {
+	syscall.ForkLock.RLock()
+	defer syscall.ForkLock.RUnlock()
+	return os.WriteFile(path, data, 0o755)
 }

@@ -258,7 +258,7 @@ func (r *run) wrapper(env ...string) string {
 func (r *run) script(name, body string) string {
 	r.t.Helper()
 	p := filepath.Join(r.dir, name)
-	if err := os.WriteFile(p, []byte("#!/bin/sh\n"+body), 0o755); err != nil {
+	if err := nixtest.WriteExecutable(p, []byte("#!/bin/sh\n"+body)); err != nil {
 		r.t.Fatal(err)
 	}
 	return p

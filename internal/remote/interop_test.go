@@ -100,7 +100,7 @@ func (e *env) machine(program, store, rest string) string {
 // script writes an executable shell script.
 func (e *env) script(name, body string) string {
 	p := filepath.Join(e.dir, name)
-	if err := os.WriteFile(p, []byte("#!/bin/sh\n"+body), 0o755); err != nil {
+	if err := nixtest.WriteExecutable(p, []byte("#!/bin/sh\n"+body)); err != nil {
 		e.t.Fatal(err)
 	}
 	return p

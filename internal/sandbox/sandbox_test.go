@@ -609,7 +609,7 @@ func TestOtherModes(t *testing.T) {
 	bin := filepath.Join(dir, "sandbox.test")
 	data, err := os.ReadFile(exe)
 	must(t, err)
-	must(t, os.WriteFile(bin, data, 0o755))
+	must(t, nixtest.WriteExecutable(bin, data))
 	tmp := filepath.Join(dir, "tmp")
 	must(t, os.Mkdir(tmp, 0o777))
 	must(t, os.Chmod(tmp, 0o777))

@@ -50,7 +50,7 @@ func pidWrapper(t *testing.T, program string) (wrapper, pidFile string) {
 	pidFile = filepath.Join(dir, "pid")
 	wrapper = filepath.Join(dir, "serve")
 	script := fmt.Sprintf("#!/bin/sh\necho $$ > %s\nexec %s \"$@\"\n", pidFile, program)
-	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+	if err := nixtest.WriteExecutable(wrapper, []byte(script)); err != nil {
 		t.Fatal(err)
 	}
 	return wrapper, pidFile
@@ -268,7 +268,7 @@ nix-store --store %[3]s --verify --check-contents >%[4]s/verify.log 2>&1; echo $
 nix-store --store %[3]s --check-validity %[5]s >%[4]s/big.log 2>&1; echo $? >%[4]s/big.status
 exit $status' sh "$@"
 `, disk, remote.program, dst, out, bigPath)
-			if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+			if err := nixtest.WriteExecutable(wrapper, []byte(script)); err != nil {
 				t.Fatal(err)
 			}
 			uri := remoteURI(s, wrapper, dst)

@@ -62,7 +62,7 @@ echo "hook stderr line" >&2
 printf 'partial line'
 exit %d
 `, record, exit)
-	if err := os.WriteFile(hook, []byte(script), 0o755); err != nil {
+	if err := nixtest.WriteExecutable(hook, []byte(script)); err != nil {
 		t.Fatal(err)
 	}
 	return hook, record
@@ -313,7 +313,7 @@ func hkWrapper(t *testing.T, prog, hook string) string {
 	w := filepath.Join(t.TempDir(), "remote-program")
 	script := fmt.Sprintf("#!/bin/sh\nNIX_CONFIG='%spost-build-hook = %s\n'\nexport NIX_CONFIG\nexec %s \"$@\"\n",
 		nixtest.Config, hook, prog)
-	if err := os.WriteFile(w, []byte(script), 0o755); err != nil {
+	if err := nixtest.WriteExecutable(w, []byte(script)); err != nil {
 		t.Fatal(err)
 	}
 	return w

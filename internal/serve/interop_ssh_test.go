@@ -100,7 +100,7 @@ func makeClosure(t *testing.T, env []string, root string) *genClosure {
 	d := filepath.Join(files, "d")
 	os.MkdirAll(filepath.Join(d, "sub"), 0o755)
 	os.WriteFile(filepath.Join(d, "sub", "x"), []byte("x\n"), 0o644)
-	os.WriteFile(filepath.Join(d, "run"), []byte("#!/bin/sh\necho hi\n"), 0o755)
+	nixtest.WriteExecutable(filepath.Join(d, "run"), []byte("#!/bin/sh\necho hi\n"))
 	os.Symlink("sub/x", filepath.Join(d, "link"))
 	added := strings.Fields(runTool(t, env, "nix-store", append([]string{"--store", root, "--add"}, append(names, d)...)...))
 	if len(added) != 21 {

@@ -57,7 +57,7 @@ func rlWrapper(t *testing.T, relay, storeURI string) string {
 	}
 	path := filepath.Join(t.TempDir(), "relay")
 	script := fmt.Sprintf("#!/bin/sh\nexec %s \"$@\" --store '%s'\n", relay, storeURI)
-	if err := os.WriteFile(path, []byte(script), 0o755); err != nil {
+	if err := nixtest.WriteExecutable(path, []byte(script)); err != nil {
 		t.Fatal(err)
 	}
 	return path

@@ -225,7 +225,7 @@ func peer(t *testing.T, body string) (prog, pidFile string) {
 	prog = filepath.Join(dir, "peer")
 	pidFile = filepath.Join(dir, "pids")
 	script := fmt.Sprintf("#!/bin/sh\nPIDFILE='%s'\necho $$ >>\"$PIDFILE\"\n%s\n", pidFile, body)
-	if err := os.WriteFile(prog, []byte(script), 0o755); err != nil {
+	if err := nixtest.WriteExecutable(prog, []byte(script)); err != nil {
 		t.Fatal(err)
 	}
 	return prog, pidFile

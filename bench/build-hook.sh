@@ -37,29 +37,12 @@ N=${N:-60}
 SLEEP=${SLEEP:-0.3}
 RUNS=${RUNS:-3}
 root=$(cd "$(dirname "$0")/.." && pwd)
-work=$(mktemp -d "${BENCH_DIR:-${TMPDIR:-/tmp}}/ferry-bench-bh.XXXXXX")
-sshd_pid= sched_pid=
-cleanup() {
-	[[ -n $sched_pid ]] && kill "$sched_pid" 2>/dev/null
-	[[ -n $sshd_pid ]] && kill "$sshd_pid" 2>/dev/null
-	wait 2>/dev/null
-	chmod -R u+w "$work" 2>/dev/null
-	rm -rf "$work"
-}
-trap cleanup EXIT
-
-echo "building ferry..." >&2
-if [[ -n ${FERRY:-} ]]; then
-	cp "$FERRY" "$work/ferry"
-else
-	(cd "$root" && go build -o "$work/ferry" ./cmd/ferry)
-fi
-ferry="$work/ferry"
+# shellcheck source=bench/builders.sh
+source "$root/bench/builders.sh"
+bench_prelude bh
 hook="$work/ferry-build-hook"
 ln -s "$ferry" "$hook"
 
-# shellcheck source=bench/builders.sh
-source "$root/bench/builders.sh"
 setup_builders
 
 # start_scheduler STATEDIR LOG: ferry scheduler on the client store's

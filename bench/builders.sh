@@ -1,6 +1,11 @@
 # bench/builders.sh: sourced by the remote-build benchmarks
-# (bench/remote-build.sh, bench/build-hook.sh) after they have set root,
-# work and built $work/ferry.
+# (bench/remote-build.sh, bench/build-hook.sh) once they have set root.
+#
+#   bench_prelude NAME
+#
+# makes the run's temporary directory (work, in BENCH_DIR, default $TMPDIR
+# or /tmp), removes it at exit after killing sshd_pid and sched_pid if
+# set, and builds ferry into it ($FERRY if set), setting ferry.
 #
 #   setup_builders
 #
@@ -15,6 +20,27 @@
 #
 # sessions counts the ssh sessions sshd accepted so far; now prints the
 # time in seconds.
+bench_prelude() {
+	work=$(mktemp -d "${BENCH_DIR:-${TMPDIR:-/tmp}}/ferry-bench-$1.XXXXXX")
+	sshd_pid= sched_pid=
+	trap bench_cleanup EXIT
+	echo "building ferry..." >&2
+	if [[ -n ${FERRY:-} ]]; then
+		cp "$FERRY" "$work/ferry"
+	else
+		(cd "$root" && go build -o "$work/ferry" ./cmd/ferry)
+	fi
+	ferry="$work/ferry"
+}
+
+bench_cleanup() {
+	[[ -n ${sched_pid:-} ]] && kill "$sched_pid" 2>/dev/null
+	[[ -n ${sshd_pid:-} ]] && kill "$sshd_pid" 2>/dev/null
+	wait 2>/dev/null
+	chmod -R u+w "$work" 2>/dev/null
+	rm -rf "$work"
+}
+
 setup_builders() {
 	export HOME="$work/home" NIX_CONF_DIR="$work/etc"
 	local busybox

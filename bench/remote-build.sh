@@ -31,26 +31,9 @@ N=${N:-60}
 SLEEP=${SLEEP:-0.3}
 RUNS=${RUNS:-3}
 root=$(cd "$(dirname "$0")/.." && pwd)
-work=$(mktemp -d "${BENCH_DIR:-${TMPDIR:-/tmp}}/ferry-bench-rb.XXXXXX")
-sshd_pid=
-cleanup() {
-	[[ -n $sshd_pid ]] && kill "$sshd_pid" 2>/dev/null
-	wait 2>/dev/null
-	chmod -R u+w "$work" 2>/dev/null
-	rm -rf "$work"
-}
-trap cleanup EXIT
-
-echo "building ferry..." >&2
-if [[ -n ${FERRY:-} ]]; then
-	cp "$FERRY" "$work/ferry"
-else
-	(cd "$root" && go build -o "$work/ferry" ./cmd/ferry)
-fi
-ferry="$work/ferry"
-
 # shellcheck source=bench/builders.sh
 source "$root/bench/builders.sh"
+bench_prelude rb
 setup_builders
 
 # run TOOL SHAPE RUN: one timed build in fresh stores; prints "seconds sessions outpath".

@@ -90,15 +90,10 @@ func withoutEnv(env []string, name string) []string {
 	return out
 }
 
-// machine is a machines line for a builder store behind the sshd, run by
-// program; the builder's store declares the machine's supported features
-// as its own (system-features= in remote-store), as its nix.conf would.
+// machine is a machines line for a builder store behind the sshd
+// (sshtest.Server.Machine).
 func (e *hookEnv) machine(program, store, rest string) string {
-	remote := store
-	if f := strings.Fields(rest); len(f) > 2 {
-		remote += "%3Fsystem-features%3D" + strings.ReplaceAll(f[2], ",", "%20")
-	}
-	return e.sshd.URI() + "?remote-program=" + program + "&remote-store=" + remote + " " + e.system + " " + e.sshd.KeyFile + " " + rest
+	return e.sshd.Machine(program, store, e.system, rest)
 }
 
 type nixRun struct {

@@ -85,16 +85,10 @@ func newEnv(t *testing.T) *env {
 	return e
 }
 
-// machine is a machines line for a builder store behind the sshd, run by
-// program (a wrapper script or the program itself). The builder's store
-// declares the machine's supported features as its own (the store URI's
-// system-features=), as a builder's nix.conf would.
+// machine is a machines line for a builder store behind the sshd
+// (sshtest.Server.Machine).
 func (e *env) machine(program, store, rest string) string {
-	remote := store
-	if f := strings.Fields(rest); len(f) > 2 {
-		remote += "%3Fsystem-features%3D" + strings.ReplaceAll(f[2], ",", "%20")
-	}
-	return e.sshd.URI() + "?remote-program=" + program + "&remote-store=" + remote + " " + e.system + " " + e.sshd.KeyFile + " " + rest
+	return e.sshd.Machine(program, store, e.system, rest)
 }
 
 // script writes an executable shell script.

@@ -477,3 +477,17 @@ func (s *Server) Log() string {
 	b, _ := os.ReadFile(s.LogFile)
 	return string(b)
 }
+
+// Machine is a line of Nix's machines format for a builder store behind s:
+// remote-program=program, remote-store=store, the given system and s's
+// client key, then rest (max jobs, speed factor, supported and mandatory
+// features). The builder's store declares the machine's supported
+// features as its own (system-features= on the remote store's URI), as a
+// builder's nix.conf would.
+func (s *Server) Machine(program, store, system, rest string) string {
+	remote := store
+	if f := strings.Fields(rest); len(f) > 2 {
+		remote += "%3Fsystem-features%3D" + strings.ReplaceAll(f[2], ",", "%20")
+	}
+	return s.URI() + "?remote-program=" + program + "&remote-store=" + remote + " " + system + " " + s.KeyFile + " " + rest
+}

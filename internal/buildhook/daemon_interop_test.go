@@ -419,19 +419,30 @@ func TestDaemonHookInterop(t *testing.T) {
 		// The hook's message, as Nix shows it: the scheduler, the lost
 		// connection and the derivation.
 		re := regexp.MustCompile(`error: build of '(/nix/store/\S+-sleeper-\d\.drv)' on '[^']+' failed: lost the connection to the ferry scheduler at \S+ during the build of '(/nix/store/\S+\.drv)' \(.*building it again is safe\)`)
-		m := re.FindStringSubmatch(r.stderr)
-		if m == nil || m[1] != m[2] {
-			t.Errorf("no clear message about the killed scheduler and the derivation:\n%s", r.stderr)
-		} else {
-			t.Logf("nix-build after kill -9 of the scheduler: %s", m[0])
-			inFlight := false
-			for _, b := range running {
-				inFlight = inFlight || string(b.DrvPath) == m[1]
+		// Every hook that was waiting on the scheduler says so, each for
+		// its own derivation; those whose build had begun (in the status
+		// before the kill) must be listed as interrupted after the
+		// restart, and their outputs are not valid. A hook whose try was
+		// accepted but whose build had not yet begun fails the same way.
+		named := map[string]bool{}
+		for _, m := range re.FindAllStringSubmatch(r.stderr, -1) {
+			if m[1] != m[2] {
+				t.Errorf("the message names two derivations: %s", m[0])
 			}
-			if !inFlight {
-				t.Errorf("the message names %s, not a build that was running (%v)", m[1], running)
+			named[m[1]] = true
+		}
+		var wasRunning []string
+		for _, b := range running {
+			if named[string(b.DrvPath)] {
+				wasRunning = append(wasRunning, string(b.DrvPath))
 			}
-			out := nixtest.Line(t, "nix-store", "--store", local, "-q", "--outputs", m[1])
+		}
+		if len(named) == 0 || len(wasRunning) == 0 {
+			t.Errorf("no clear message about the killed scheduler and a running derivation (running %v):\n%s", running, r.stderr)
+		}
+		t.Logf("nix-build after kill -9 of the scheduler names %v; running were %v", named, running)
+		for d := range named {
+			out := nixtest.Line(t, "nix-store", "--store", local, "-q", "--outputs", d)
 			if _, _, err := nixtest.Try(t, nil, "nix-store", "--store", local, "--check-validity", out); err == nil {
 				t.Errorf("%s of the interrupted build is valid", out)
 			}
@@ -447,12 +458,14 @@ func TestDaemonHookInterop(t *testing.T) {
 		}
 
 		d2 := e.startDaemon(stateDir)
-		interrupted := false
-		for _, f := range d2.status(t).Recent {
-			interrupted = interrupted || strings.Contains(f.Message, "interrupted") && string(f.DrvPath) == m[1]
-		}
-		if m != nil && !interrupted {
-			t.Errorf("the restarted scheduler does not list %s as interrupted: %+v", m[1], d2.status(t).Recent)
+		for _, d := range wasRunning {
+			interrupted := false
+			for _, f := range d2.status(t).Recent {
+				interrupted = interrupted || strings.Contains(f.Message, "interrupted") && string(f.DrvPath) == d
+			}
+			if !interrupted {
+				t.Errorf("the restarted scheduler does not list %s as interrupted: %+v", d, d2.status(t).Recent)
+			}
 		}
 		r = e.nixStart(local, "on", ms, &lockedBuffer{}, args...)()
 		if r.err != nil {

@@ -272,6 +272,9 @@ func (d *Daemon) startBuild(b *RunningBuild, ms *mstate) int {
 	ms.started++
 	d.mu.Unlock()
 	d.save()
+	d.mu.Lock()
+	b.journaled = true
+	d.mu.Unlock()
 	return id
 }
 
@@ -310,7 +313,9 @@ func (d *Daemon) Status() *Status {
 		st.Machines = append(st.Machines, s)
 	}
 	for _, b := range d.running {
-		st.Running = append(st.Running, *b)
+		if b.journaled {
+			st.Running = append(st.Running, *b)
+		}
 	}
 	sortRunning(st.Running)
 	return st

@@ -76,6 +76,9 @@ type RunningBuild struct {
 	Machine string         `json:"machine"`
 	Store   string         `json:"store"`
 	Started time.Time      `json:"started"`
+	// journaled: the state file holds it (Status shows only those, so
+	// that what status reports survives a crash).
+	journaled bool
 }
 
 // Failure is a build that failed or was interrupted, or a machine that

@@ -697,23 +697,6 @@ func (d *Daemon) try(ctx context.Context, c *conn, req *hookapi.TryRequest) (*ho
 			return nil, err
 		}
 		if g != nil {
-			// Connected before the accept, as Nix's build-remote does, so
-			// that the machine Nix then names ("building … on …") is one
-			// that answers: one that does not is backed off and another
-			// picked.
-			sess, err := d.session(ctx, g.ms, local)
-			var me *remote.MachineError
-			if errors.As(err, &me) {
-				d.metrics.connectFailures.WithLabelValues(g.ms.m.URI).Inc()
-				d.machineFailed(g.ms, me)
-				d.release(g)
-				continue
-			}
-			if err != nil {
-				d.release(g)
-				return nil, err
-			}
-			d.putSession(g.ms, sess)
 			d.metrics.queueWait.Observe(time.Since(t0).Seconds())
 			c.grant = g
 			return &hookapi.TryReply{Decision: hookapi.Accept, Machine: g.ms.m.URI}, nil

@@ -342,10 +342,12 @@ func FuzzParse(f *testing.F) {
 			if !reflect.DeepEqual(&a, m) {
 				t.Fatalf("%q alone: %+v, was %+v", m.Text, a, *m)
 			}
-			// The added parameters never make a URI unreadable.
+			// The added parameters never make a URI unreadable. (They may
+			// make one readable: the machine's system-features replaces
+			// the URI's own, bad escapes and all, as in Nix.)
 			_, errURI := store.ParseURI(m.URI)
-			if _, err := store.ParseURI(m.StoreURI()); (err == nil) != (errURI == nil) {
-				t.Fatalf("StoreURI %q: %v; URI %q: %v", m.StoreURI(), err, m.URI, errURI)
+			if _, err := store.ParseURI(m.StoreURI()); errURI == nil && err != nil {
+				t.Fatalf("StoreURI %q: %v; URI %q reads", m.StoreURI(), err, m.URI)
 			}
 		}
 	})

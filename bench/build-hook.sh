@@ -108,13 +108,7 @@ for shape in wide deep; do
 				cat "$work/run-$tool-$shape-$i/scheduler.log" >&2 2>/dev/null || true
 				exit 1
 			}
-			if [[ $tool == nix ]]; then
-				if [[ -z $best_nix ]] || (($(echo "$secs < $best_nix" | bc))); then best_nix=$secs; fi
-				s_nix=$sess
-			else
-				if [[ -z $best_ferry ]] || (($(echo "$secs < $best_ferry" | bc))); then best_ferry=$secs; fi
-				s_ferry=$sess
-			fi
+			keep_best "$tool" "$secs" "$sess"
 		done
 	done
 	printf '%-6s %13.2fs %13.2fs %7.1fx %14s %16s\n' "$shape" "$best_nix" "$best_ferry" "$(echo "$best_nix / $best_ferry" | bc -l)" "$s_nix" "$s_ferry"

@@ -19,7 +19,9 @@
 #   derivation over them, "deep" n/6 chains of 6 and one over their ends.
 #
 # sessions counts the ssh sessions sshd accepted so far; now prints the
-# time in seconds.
+# time in seconds. keep_best TOOL SECS SESS keeps TOOL's (nix or ferry)
+# best time in best_nix/best_ferry and its last session count in
+# s_nix/s_ferry.
 bench_prelude() {
 	work=$(mktemp -d "${BENCH_DIR:-${TMPDIR:-/tmp}}/ferry-bench-$1.XXXXXX")
 	sshd_pid= sched_pid=
@@ -81,3 +83,9 @@ NIX
 
 now() { date +%s.%N; }
 sessions() { grep -c 'Accepted publickey' "$d/log" || true; }
+
+keep_best() {
+	local best="best_$1" sess="s_$1"
+	if [[ -z ${!best} ]] || (($(echo "$2 < ${!best}" | bc))); then printf -v "$best" '%s' "$2"; fi
+	printf -v "$sess" '%s' "$3"
+}

@@ -15,6 +15,7 @@ func keySeeds(f *testing.F) {
 		"k:" + b64(32), "k:" + b64(64), "k:" + b64(31), "k:" + b64(33),
 		"k:" + strings.TrimRight(b64(32), "="), "k:" + b64(32) + "=junk", "k:!!",
 		"k:" + b64(64)[:40] + "\n" + b64(64)[40:], "k:" + b64(32) + "\r\n",
+		"lpaWlpaWlpaWlpaW:lpaWlpaWlpaWlpaW",
 	} {
 		f.Add(s)
 	}
@@ -62,7 +63,9 @@ func FuzzParseSecretKey(f *testing.F) {
 		k, err := ParseSecretKey(s)
 		if err != nil {
 			// The key itself never shows in an error.
-			if _, b64, ok := strings.Cut(s, ":"); ok && len(b64) >= 16 && strings.Contains(err.Error(), b64) {
+			// The name is shown, so a name that holds the key's text
+			// (as "lpaWlpaWlpaWlpaW:lpaWlpaWlpaWlpaW" does) is no leak.
+			if name, b64, ok := strings.Cut(s, ":"); ok && len(b64) >= 16 && !strings.Contains(name, b64) && strings.Contains(err.Error(), b64) {
 				t.Fatalf("error shows the key: %v", err)
 			}
 			return

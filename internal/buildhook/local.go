@@ -266,7 +266,7 @@ func (l *Local) Build(ctx context.Context, req *hookapi.BuildRequest, log io.Wri
 			outs = append(outs, p)
 		}
 	}
-	l.local.LocksHeld(outs...)
+	defer l.local.LocksHeld(outs...)()
 	step := &remote.Step{DrvPath: req.DrvPath, Drv: drv, Outputs: l.outputsOf(ctx), Settings: l.cfg.BuildSettings(), Log: log}
 	done := l.activity(LvlTalkative, fmt.Sprintf("building on '%s'", m.URI))
 	res, err := remote.BuildOn(ctx, l.local, m.URI, sess, step)

@@ -15,7 +15,7 @@ import (
 // for ever.
 type heldLocks struct {
 	mu    sync.Mutex
-	paths map[string]bool // physical paths
+	paths map[string]int // physical paths, with how many holders vouch for each
 }
 
 // filter leaves out of real the physical paths whose locks are held for
@@ -28,7 +28,7 @@ func (h *heldLocks) filter(real []string) []string {
 	}
 	out := make([]string, 0, len(real))
 	for _, p := range real {
-		if !h.paths[p] {
+		if h.paths[p] == 0 {
 			out = append(out, p)
 		}
 	}
@@ -36,17 +36,33 @@ func (h *heldLocks) filter(real []string) []string {
 }
 
 // LocksHeld tells the store that the path locks of paths are held on its
-// behalf by another process (Nix's locksHeld): adding them takes no path
-// lock. A build hook calls it with the outputs it copies back, which the
-// nix process waiting for it has locked. Only the lock holder's word
-// makes this safe; nothing else may add those paths meanwhile.
-func (s *Store) LocksHeld(paths ...storepath.Path) {
+// behalf by another process (Nix's locksHeld), or by its caller: adding
+// them takes no path lock until release is called, which the holder does
+// before it lets the locks go. A build hook calls it with the outputs it
+// copies back, which the nix process waiting for it has locked. Only the
+// lock holder's word makes this safe; nothing else may add those paths
+// meanwhile.
+func (s *Store) LocksHeld(paths ...storepath.Path) (release func()) {
 	s.held.mu.Lock()
 	defer s.held.mu.Unlock()
 	if s.held.paths == nil {
-		s.held.paths = map[string]bool{}
+		s.held.paths = map[string]int{}
 	}
-	for _, p := range paths {
-		s.held.paths[s.RealPath(p)] = true
+	real := make([]string, len(paths))
+	for i, p := range paths {
+		real[i] = s.RealPath(p)
+		s.held.paths[real[i]]++
+	}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			s.held.mu.Lock()
+			defer s.held.mu.Unlock()
+			for _, p := range real {
+				if s.held.paths[p]--; s.held.paths[p] <= 0 {
+					delete(s.held.paths, p)
+				}
+			}
+		})
 	}
 }

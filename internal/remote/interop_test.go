@@ -3,6 +3,7 @@ package remote_test
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"ferry/internal/lock"
 	"ferry/internal/nixtest"
 	"ferry/internal/sandbox"
 	"ferry/internal/sshtest"
@@ -754,6 +756,34 @@ func TestRemoteBuildThroughScheduler(t *testing.T) {
 	}
 	if err != nil || built != 33 {
 		t.Errorf("ferry status: %d builds succeeded, want 33 (%v)\n%s", built, err, out)
+	}
+
+	// The scheduler copies the outputs back without taking their path
+	// locks (Nix's locksHeld), so ferry build holds them, as nix-build
+	// does: while another process holds one, the build waits.
+	lockExpr := filepath.Join(e.dir, "lock.nix")
+	if err := os.WriteFile(lockExpr, []byte(`{ system }: derivation { name = "locked"; inherit system; builder = "/bin/sh"; args = [ "-c" "echo locked > $out" ]; }`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	lockDrv := nixtest.Line(t, "nix-instantiate", "--store", local, "--argstr", "system", e.system, lockExpr)
+	lockOut := nixtest.Line(t, "nix-store", "--store", local, "-q", "--outputs", lockDrv)
+	held, err := lock.LockPaths(context.Background(), []string{filepath.Join(local, lockOut)}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan *runResult, 1)
+	go func() { done <- e.ferryBuild(local, ms, nil, "-j", "0", lockDrv) }()
+	select {
+	case r := <-done:
+		t.Fatalf("the build finished while its output's lock was held elsewhere: exit %d\n%s", r.code, r.stderr)
+	case <-time.After(3 * time.Second):
+	}
+	if err := exec.Command("nix-store", "--store", local, "--check-validity", lockOut).Run(); err == nil {
+		t.Errorf("%s became valid while its lock was held elsewhere", lockOut)
+	}
+	held.Unlock()
+	if r := <-done; r.code != 0 || r.byName()["locked"].Machine != "ferry-scheduler" {
+		t.Errorf("after the lock was let go: exit %d, built on %q\n%s", r.code, r.byName()["locked"].Machine, r.stderr)
 	}
 	for _, st := range []string{b1, b2, b3, local} {
 		nixtest.Verify(t, st)

@@ -37,6 +37,7 @@ import (
 	storecopy "ferry/internal/copy"
 	"ferry/internal/hookapi"
 	"ferry/internal/localstore"
+	"ferry/internal/lock"
 	"ferry/internal/machines"
 	"ferry/internal/schedule"
 	"ferry/internal/serve"
@@ -433,36 +434,74 @@ func (r *run) start(a schedule.Assignment) {
 	serial := r.serial
 	r.live[p] = attempt{serial, a.Machine}
 	go func() {
-		o := outcome{job: p, machine: a.Machine, serial: serial}
-		// Another attempt may have made the outputs valid meanwhile (a
-		// build moved off a machine that was only slow).
-		if valid, err := r.outputsValid(d); err == nil && valid {
-			o.res = &store.BuildResult{Status: store.AlreadyValid, BuiltOutputs: d.OutputPaths()}
-			o.already = true
-			r.done <- o
-			return
-		}
-		log, closeLog := r.buildLog(p, d, a.Machine)
-		defer closeLog()
-		if a.Machine == LocalMachine {
-			t := time.Now()
-			o.res, o.err = build.Build(r.ctx, r.local, p, d, &build.Options{Settings: r.s, Log: log})
-			o.times.Build = time.Since(t)
-		} else if a.Machine == DaemonMachine {
-			t := time.Now()
-			o.res, o.err = r.viaDaemon(p, d, log)
-			o.times.Build = time.Since(t)
-		} else {
-			o.step, o.connected, o.err = r.remote(r.pools[a.Machine], p, d, log)
-			if o.step != nil {
-				o.res, o.times = o.step.Result, o.step.Times
-			}
-		}
-		if pw, ok := log.(*build.PrefixWriter); ok {
-			pw.Flush()
-		}
-		r.done <- o
+		r.done <- r.attempt(a.Machine, serial, p, d)
 	}()
+}
+
+// attempt builds p on machine. A build through the ferry scheduler holds
+// the outputs' path locks throughout, as Nix's DerivationGoal does around
+// its build hook: the scheduler copies the outputs back without taking
+// them (Nix's locksHeld), so they must be held for it. A local build
+// takes them itself, and an in-process remote build takes them for each
+// copy back, as any add does.
+func (r *run) attempt(machine string, serial int, p storepath.Path, d *derivation.Derivation) (o outcome) {
+	o = outcome{job: p, machine: machine, serial: serial}
+	if machine == DaemonMachine {
+		unlock, err := r.lockOutputs(d)
+		if err != nil {
+			o.err = err
+			return o
+		}
+		defer unlock()
+	}
+	// Another attempt may have made the outputs valid meanwhile (a
+	// build moved off a machine that was only slow).
+	if valid, err := r.outputsValid(d); err == nil && valid {
+		o.res = &store.BuildResult{Status: store.AlreadyValid, BuiltOutputs: d.OutputPaths()}
+		o.already = true
+		return o
+	}
+	log, closeLog := r.buildLog(p, d, machine)
+	defer closeLog()
+	switch machine {
+	case LocalMachine:
+		t := time.Now()
+		o.res, o.err = build.Build(r.ctx, r.local, p, d, &build.Options{Settings: r.s, Log: log})
+		o.times.Build = time.Since(t)
+	case DaemonMachine:
+		t := time.Now()
+		o.res, o.err = r.viaDaemon(p, d, log)
+		o.times.Build = time.Since(t)
+	default:
+		o.step, o.connected, o.err = r.remote(r.pools[machine], p, d, log)
+		if o.step != nil {
+			o.res, o.times = o.step.Result, o.step.Times
+		}
+	}
+	if pw, ok := log.(*build.PrefixWriter); ok {
+		pw.Flush()
+	}
+	return o
+}
+
+// lockOutputs takes the path locks of d's outputs, temp-rooted first (as
+// Nix's tryToBuild does).
+func (r *run) lockOutputs(d *derivation.Derivation) (unlock func() error, err error) {
+	var real []string
+	for _, o := range d.OutputPaths() {
+		if o == "" {
+			continue
+		}
+		if err := r.local.AddTempRoot(r.ctx, o); err != nil {
+			return nil, err
+		}
+		real = append(real, r.local.RealPath(o))
+	}
+	locks, err := lock.LockPaths(r.ctx, real, true)
+	if err != nil {
+		return nil, fmt.Errorf("lock the outputs of '%s': %w", d.Name, err)
+	}
+	return locks.Unlock, nil
 }
 
 func (r *run) outputsValid(d *derivation.Derivation) (bool, error) {

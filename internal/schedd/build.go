@@ -96,7 +96,7 @@ func (d *Daemon) buildOn(ctx context.Context, g *grant, p storepath.Path, drv *d
 			outs = append(outs, o)
 		}
 	}
-	g.local.LocksHeld(outs...)
+	defer g.local.LocksHeld(outs...)()
 	s.log.Set(lw)
 	step := &remote.Step{DrvPath: p, Drv: drv, Settings: buildSettings(g.req.Settings), Log: lw,
 		Outputs: func(in storepath.Path) (map[string]storepath.Path, error) {

@@ -10,6 +10,7 @@ package machines
 
 import (
 	"errors"
+	"ferry/nix/nixbase64"
 	"fmt"
 	"io/fs"
 	"os"
@@ -222,7 +223,7 @@ func parseLine(line, system string) (*Machine, *LineError) {
 		m.MandatoryFeatures = featureSet(tok[6])
 	}
 	if set(7) {
-		if err := checkBase64(tok[7]); err != nil {
+		if _, err := nixbase64.Decode(tok[7]); err != nil {
 			return nil, bad(7, "%q is not valid base64: %v", tok[7], err)
 		}
 		m.PublicHostKey = tok[7]
@@ -270,22 +271,6 @@ func featureSet(s string) []string {
 		return nil
 	}
 	return out
-}
-
-// checkBase64 accepts what Nix 2.8's base64Decode (src/libutil/util.cc)
-// accepts: it stops at the first "=", skips newlines, takes any length,
-// and rejects any other character outside the base64 alphabet.
-func checkBase64(s string) error {
-	for _, c := range []byte(s) {
-		switch {
-		case c == '=':
-			return nil
-		case c == '\n', c >= 'A' && c <= 'Z', c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '+', c == '/':
-		default:
-			return fmt.Errorf("invalid character %q in Base64 string", c)
-		}
-	}
-	return nil
 }
 
 // AllFeatures is supported ∪ mandatory, sorted.

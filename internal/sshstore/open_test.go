@@ -137,6 +137,15 @@ func TestParseParams(t *testing.T) {
 	if err != nil || string(p.HostKey) != key {
 		t.Errorf("base64-ssh-public-host-key: %q, %v; want %q", p.HostKey, err, key)
 	}
+	// Nix's base64Decode takes the key unpadded, broken by newlines, or
+	// with text after the padding.
+	enc := base64.StdEncoding.EncodeToString([]byte(key))
+	for _, v := range []string{strings.TrimRight(enc, "="), enc[:10] + "\n" + enc[10:], enc + "=junk"} {
+		p, _, err = parseParams(mustParse(t, "ssh://h?base64-ssh-public-host-key="+url.QueryEscape(v)))
+		if err != nil || string(p.HostKey) != key {
+			t.Errorf("base64-ssh-public-host-key=%q: %q, %v; want %q", v, p.HostKey, err, key)
+		}
+	}
 	for _, tc := range []struct{ query, want string }{
 		{"connect-timeout=abc", `connect-timeout "abc" is not a positive number of seconds`},
 		{"connect-timeout=0", `connect-timeout "0" is not a positive number of seconds`},

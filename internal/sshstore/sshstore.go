@@ -24,7 +24,6 @@ import (
 
 	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -41,6 +40,7 @@ import (
 
 	"ferry/internal/serve"
 	"ferry/nix/derivation"
+	"ferry/nix/nixbase64"
 	"ferry/nix/storepath"
 	"ferry/store"
 )
@@ -97,7 +97,7 @@ func parseParams(u *store.URI) (*Params, []string, error) {
 			}
 			p.Compress = b
 		case "base64-ssh-public-host-key":
-			key, err := base64.StdEncoding.DecodeString(v)
+			key, err := nixbase64.Decode(v) // as SSHMaster decodes it
 			if err != nil {
 				return nil, nil, fmt.Errorf("store URI %q: base64-ssh-public-host-key is not base64: %w", u.Raw, err)
 			}

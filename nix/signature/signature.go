@@ -23,6 +23,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
+	"ferry/nix/nixbase64"
 	"fmt"
 	"io"
 	"sort"
@@ -42,54 +43,15 @@ func split(s string) (name, rest string) {
 	return s[:i], s[i+1:]
 }
 
-// base64Chars is util.cc's base64Chars: the standard alphabet.
-const base64Chars = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-
-var base64Digits = func() (t [256]int8) {
-	for i := range t {
-		t[i] = -1
+// decodeBase64 is Nix's base64Decode, with the offending character.
+func decodeBase64(s string) ([]byte, *nixbase64.CharError) {
+	b, err := nixbase64.Decode(s)
+	if err != nil {
+		var ce *nixbase64.CharError
+		errors.As(err, &ce)
+		return nil, ce
 	}
-	for i := 0; i < len(base64Chars); i++ {
-		t[base64Chars[i]] = int8(i)
-	}
-	return t
-}()
-
-// base64Error is base64Decode's complaint about a character, at byte
-// offset pos of the encoded text.
-type base64Error struct {
-	c   byte
-	pos int
-}
-
-// decodeBase64 is Nix 2.8's base64Decode (src/libutil/util.cc), which is
-// more lenient than encoding/base64: it stops at the first '=', skips
-// newlines, and drops the bits of a trailing partial byte, so padding is
-// optional and anything after it is ignored. Any other character outside
-// the alphabet is an error.
-func decodeBase64(s string) ([]byte, *base64Error) {
-	res := make([]byte, 0, (len(s)+2)/4*3)
-	var d, bits uint
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c == '=' {
-			break
-		}
-		if c == '\n' {
-			continue
-		}
-		digit := base64Digits[c]
-		if digit < 0 {
-			return nil, &base64Error{c: c, pos: i}
-		}
-		bits += 6
-		d = d<<6 | uint(digit)
-		if bits >= 8 {
-			res = append(res, byte(d>>(bits-8)))
-			bits -= 8
-		}
-	}
-	return res, nil
+	return b, nil
 }
 
 // SecretKey is a named ed25519 private key, as a secret-key-files entry or
@@ -136,9 +98,9 @@ func parseKey(s, what string, size int) (name string, key []byte, err error) {
 	key, b64err := decodeBase64(s[i+1:])
 	if b64err != nil {
 		if what == "secret" {
-			return "", nil, fail("invalid character in Base64 string at offset %d", b64err.pos)
+			return "", nil, fail("invalid character in Base64 string at offset %d", b64err.Offset)
 		}
-		return "", nil, fail("invalid character in Base64 string: %q", b64err.c)
+		return "", nil, fail("invalid character in Base64 string: %q", b64err.Char)
 	}
 	if len(key) != size {
 		return "", nil, fail("%s key is not valid: %d bytes, want %d (ed25519)", what, len(key), size)
@@ -306,7 +268,7 @@ func ParseSignature(s string) (Signature, error) {
 func decodeSig(b64 string) ([]byte, error) {
 	sig, b64err := decodeBase64(b64)
 	if b64err != nil {
-		return nil, fmt.Errorf("%w signature: invalid character in Base64 string: %q", ErrInvalid, b64err.c)
+		return nil, fmt.Errorf("%w signature: invalid character in Base64 string: %q", ErrInvalid, b64err.Char)
 	}
 	if len(sig) != ed25519.SignatureSize {
 		return nil, fmt.Errorf("%w signature: signature is not valid: %d bytes, want %d (ed25519)", ErrInvalid, len(sig), ed25519.SignatureSize)

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/dsnet/compress/bzip2"
 )
 
 // errLogLimit is returned by logSink.Write once max-log-size is passed;
@@ -108,11 +110,12 @@ func (l *logSink) lines() []string {
 // keep-build-log is on, as Nix's DerivationGoal::openLogFile does when the
 // builder starts (src/libstore/build/derivation-goal.cc@2.8.0):
 // <log dir>/drvs/<first two characters of the .drv's base name>/<the rest>,
-// so that nix-store --read-log and nix log find it. ferry writes it
-// uncompressed whatever compress-build-log says (Go has no bzip2 writer);
-// Nix reads the plain file as it reads a .bz2 one. It returns nil when no
-// log is kept.
-func (b *builder) openLogFile() (*os.File, error) {
+// bzip2-compressed at level 9 with ".bz2" appended when
+// compress-build-log is on (the default), so that nix-store --read-log and
+// nix log find it. The log of the other form, from an earlier build, is
+// removed: Nix reads the plain one first, and it would hide this one. It
+// returns nil when no log is kept.
+func (b *builder) openLogFile() (io.WriteCloser, error) {
 	if !b.s.KeepBuildLog {
 		return nil, nil
 	}
@@ -121,18 +124,46 @@ func (b *builder) openLogFile() (*os.File, error) {
 	if err := os.MkdirAll(dir, 0o777); err != nil {
 		return nil, fmt.Errorf("create the build log of '%s': %w", b.drvPath, err)
 	}
-	f, err := os.OpenFile(filepath.Join(dir, base[2:]), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o666)
+	name, other := filepath.Join(dir, base[2:]), filepath.Join(dir, base[2:]+".bz2")
+	if b.s.CompressBuildLog {
+		name, other = other, name
+	}
+	os.Remove(other)
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o666)
 	if err != nil {
 		return nil, fmt.Errorf("create the build log of '%s': %w", b.drvPath, err)
 	}
-	return f, nil
+	if !b.s.CompressBuildLog {
+		return f, nil
+	}
+	zw, err := bzip2.NewWriter(f, &bzip2.WriterConfig{Level: bzip2.BestCompression})
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("create the build log of '%s': %w", b.drvPath, err)
+	}
+	return &bz2File{zw, f}, nil
+}
+
+// bz2File is a compressed log file: closing it ends the stream, then the
+// file.
+type bz2File struct {
+	*bzip2.Writer
+	f *os.File
+}
+
+func (z *bz2File) Close() error {
+	err := z.Writer.Close()
+	if cerr := z.f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // keptLog writes the log to the kept log file and to w (which may be nil).
 // A failing write to the file (a full disk) loses the rest of the file but
 // not the build, whose own log w decides.
 type keptLog struct {
-	f    *os.File
+	f    io.Writer
 	ferr error
 	w    io.Writer
 }

@@ -45,7 +45,7 @@ func (d *Daemon) build(ctx context.Context, c *conn, req *hookapi.BuildRequest) 
 			return reply, nil
 		}
 		uri := g.ms.m.URI
-		next, _, err := d.pick(g.cands, g, tried)
+		next, err := d.pickWait(ctx, g.cands, g, tried)
 		if err == nil && next != nil && ctx.Err() == nil {
 			fmt.Fprintf(lw, "ferry scheduler: %v; building '%s' on '%s' instead\n", me, req.DrvPath, next.ms.m.URI)
 			d.release(g)

@@ -452,6 +452,13 @@ const (
 // the daemon's accounting and in Nix's slot locks; nil if none is free.
 // rightType says whether any of cands could build it at all.
 func (d *Daemon) pick(cands []*mstate, g0 *grant, skip map[string]bool) (g *grant, rightType bool, err error) {
+	g, rightType, _, err = d.pickBusy(cands, g0, skip)
+	return g, rightType, err
+}
+
+// pickBusy is pick, also saying whether a suitable machine, neither
+// skipped nor down, had every slot busy.
+func (d *Daemon) pickBusy(cands []*mstate, g0 *grant, skip map[string]bool) (g *grant, rightType, busy bool, err error) {
 	req := g0.req
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -467,7 +474,11 @@ func (d *Daemon) pick(cands []*mstate, g0 *grant, skip map[string]bool) (g *gran
 			continue
 		}
 		rightType = true
-		if skip[ms.m.URI] || ms.downUntil.After(now) || ms.failures > 0 && ms.probing || ms.inUse >= int(ms.m.MaxJobs) {
+		if skip[ms.m.URI] || ms.downUntil.After(now) || ms.failures > 0 && ms.probing {
+			continue
+		}
+		if ms.inUse >= int(ms.m.MaxJobs) {
+			busy = true
 			continue
 		}
 		var missing uint64
@@ -487,9 +498,10 @@ func (d *Daemon) pick(cands []*mstate, g0 *grant, skip map[string]bool) (g *gran
 	for _, c := range list {
 		slot, err := g0.load.TryAcquire(c.ms.m)
 		if err != nil {
-			return nil, rightType, err
+			return nil, rightType, busy, err
 		}
 		if slot == nil {
+			busy = true
 			continue // another process (nix-build with Nix's hook) holds every slot
 		}
 		c.ms.inUse++
@@ -498,9 +510,33 @@ func (d *Daemon) pick(cands []*mstate, g0 *grant, skip map[string]bool) (g *gran
 		if g.probe {
 			c.ms.probing = true
 		}
-		return &g, true, nil
+		return &g, true, busy, nil
 	}
-	return nil, rightType, nil
+	return nil, rightType, busy, nil
+}
+
+// pickWait is pick for a build whose machine failed after Nix was told
+// "# accept": it waits while the machines left are only busy, and gives
+// nil when none is left that is not down or already tried.
+func (d *Daemon) pickWait(ctx context.Context, cands []*mstate, g0 *grant, skip map[string]bool) (*grant, error) {
+	for {
+		d.mu.Lock()
+		changed := d.changed
+		d.mu.Unlock()
+		g, _, busy, err := d.pickBusy(cands, g0, skip)
+		if err != nil || g != nil || !busy {
+			return g, err
+		}
+		t := time.NewTimer(200 * time.Millisecond)
+		select {
+		case <-changed:
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		}
+		t.Stop()
+	}
 }
 
 // release frees g's slot.

@@ -476,6 +476,50 @@ func TestDeadMachineBackoff(t *testing.T) {
 	}
 }
 
+// TestMoveWaitsForBusyMachine: a build accepted for a machine that turns
+// out dead, when the only other machine is busy, waits for its slot and
+// builds there: Nix was told "# accept", so giving up would fail its
+// build (as it did, now and then, in TestDaemonHookInterop).
+func TestMoveWaitsForBusyMachine(t *testing.T) {
+	e := newEnv(t)
+	dead := fmt.Sprintf("ssh://localhost?remote-program=%s&remote-store=%s %s - 1 1", filepath.Join(e.dir, "no-such-program"), filepath.Join(e.dir, "dead"), e.system)
+	// The good machine is listed first, so the first try takes it.
+	ms := e.parse(e.ferryBuilder("good", "1 1") + "\n" + dead)
+	d, _ := e.daemon(schedd.Options{Machines: ms, QueueWait: -1})
+	st := filepath.Join(e.dir, "client")
+	ps := e.drvs(st, "w", 2, 1, "")
+	ctx := context.Background()
+	holder, err := schedd.Connect(ctx, d.SocketPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Release()
+	if r, err := holder.Try(ctx, &hookapi.TryRequest{Store: st, System: e.system, DrvPath: ps[0]}); err != nil || r.Machine != ms[0].URI {
+		t.Fatalf("first try: %+v %v", r, err)
+	}
+	moved := make(chan *built, 1)
+	go func() {
+		b, err := hookBuild(ctx, d.SocketPath(), st, ps[1], e.system)
+		if err != nil {
+			t.Error(err)
+		}
+		moved <- b
+	}()
+	time.Sleep(time.Second) // the second try has the dead machine, and finds it so
+	if _, err := holder.Build(ctx, &hookapi.BuildRequest{DrvPath: ps[0], WantedOutputs: []string{"out"}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	holder.Release()
+	b := <-moved
+	if b == nil || b.reply == nil || !b.reply.Success || b.reply.Machine != ms[0].URI {
+		t.Fatalf("the build moved off the dead machine: %+v", b)
+	}
+	if !strings.Contains(b.log, "cannot connect") || !strings.Contains(b.log, "instead") {
+		t.Errorf("its log does not say it moved: %q", b.log)
+	}
+	nixtest.Verify(t, st)
+}
+
 // TestBackoffReload: a daemon started on the state of one that saw a
 // machine fail keeps it backed off.
 func TestBackoffReload(t *testing.T) {

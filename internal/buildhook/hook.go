@@ -212,10 +212,12 @@ func run(ctx context.Context, o *Options, lg *logger) error {
 		return fmt.Errorf("ferry build-hook needs a local store, not '%s'", cfg.Store)
 	}
 
-	sched, err := connect(ctx, o, cfg, local, lg)
+	first, err := connect(ctx, o, cfg, local, lg)
 	if err != nil {
 		return err
 	}
+	sched := &resilient{cur: first, warn: func(m string) { lg.msg(LvlWarn, m) },
+		connect: func(ctx context.Context) (hookapi.Scheduler, error) { return reconnect(ctx, o, cfg, local, lg) }}
 	defer sched.Release()
 
 	features := storeFeatures(local, cfg.Settings)
@@ -280,6 +282,33 @@ func connect(ctx context.Context, o *Options, cfg *Config, local *localstore.Sto
 		UploadWait:     o.UploadWait,
 		Open:           o.Open,
 	})
+}
+
+// restartWait is how long a hook that lost its scheduler waits for one
+// to answer again (a service manager restarting it) before it places the
+// build itself.
+const restartWait = 5 * time.Second
+
+// reconnect is connect after the scheduler was lost: it waits up to
+// restartWait for a scheduler to answer, then falls back as connect does.
+func reconnect(ctx context.Context, o *Options, cfg *Config, local *localstore.Store, lg *logger) (hookapi.Scheduler, error) {
+	if o.Connect != nil {
+		for deadline := time.Now().Add(restartWait); time.Now().Before(deadline); {
+			sched, err := o.Connect(ctx, local.StateDir())
+			if err == nil {
+				return sched, nil
+			}
+			if !errors.Is(err, ErrNoScheduler) {
+				break
+			}
+			select {
+			case <-time.After(250 * time.Millisecond):
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+	}
+	return connect(ctx, o, cfg, local, lg)
 }
 
 // build reads what follows an accept and runs the build.

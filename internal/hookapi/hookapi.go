@@ -15,6 +15,7 @@ package hookapi
 
 import (
 	"context"
+	"errors"
 	"io"
 	"time"
 
@@ -78,6 +79,11 @@ type BuildReply struct {
 	Machine  string        `json:"machine"`
 	Duration time.Duration `json:"duration"`
 }
+
+// ErrLost is wrapped by a Scheduler's error when its connection to the
+// ferry scheduler broke (the scheduler stopped, crashed or was
+// restarted): whatever it was doing may be asked again of another.
+var ErrLost = errors.New("lost the connection to the ferry scheduler")
 
 // Scheduler places and runs remote builds for the hook.
 type Scheduler interface {

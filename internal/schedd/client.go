@@ -89,7 +89,7 @@ func (c *Client) lost(err error) error {
 	if c.drv != "" {
 		what = fmt.Sprintf(" during the build of '%s' (nothing of it was registered unless copied back whole; building it again is safe)", c.drv)
 	}
-	return fmt.Errorf("lost the connection to the ferry scheduler at %s%s: %v", c.socket, what, err)
+	return fmt.Errorf("%w at %s%s: %v", hookapi.ErrLost, c.socket, what, err)
 }
 
 // recv reads one response; cancelling ctx closes the connection.

@@ -289,22 +289,13 @@ func (l *Local) Build(ctx context.Context, req *hookapi.BuildRequest, log io.Wri
 // upload copies the inputs the machine lacks while holding its upload
 // lock.
 func (l *Local) upload(ctx context.Context, m *machines.Machine, sess remote.Session, inputs []storepath.Path) error {
-	wait := l.opts.UploadWait
-	if wait <= 0 {
-		wait = 15 * time.Minute
-	}
 	done := l.activity(LvlTalkative, fmt.Sprintf("waiting for the upload lock to '%s'", m.URI))
-	wctx, cancel := context.WithTimeout(ctx, wait)
-	ul, err := l.load.UploadLock(wctx, m)
-	cancel()
+	ul, hogged, err := l.load.UploadLockWait(ctx, m, l.opts.UploadWait)
 	done()
 	if err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if !errors.Is(err, context.DeadlineExceeded) {
-			return err
-		}
+		return err
+	}
+	if hogged {
 		l.message(LvlError, fmt.Sprintf("somebody is hogging the upload lock for '%s', continuing...", m.URI))
 	}
 	defer ul.Release()

@@ -249,3 +249,24 @@ func (l *Load) UploadLock(ctx context.Context, m *Machine) (*UploadLock, error) 
 	}
 	return &UploadLock{f: f}, nil
 }
+
+// UploadWait is how long build-remote waits for a machine's upload lock
+// (build-remote.cc@2.8.0) before it goes on without it.
+const UploadWait = 15 * time.Minute
+
+// UploadLockWait is UploadLock as build-remote takes it: waiting at most
+// wait (UploadWait when zero), then going on without the lock (a nil
+// *UploadLock, whose Release does nothing) and hogged true, for the
+// caller to say "somebody is hogging the upload lock".
+func (l *Load) UploadLockWait(ctx context.Context, m *Machine, wait time.Duration) (ul *UploadLock, hogged bool, err error) {
+	if wait <= 0 {
+		wait = UploadWait
+	}
+	wctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	ul, err = l.UploadLock(wctx, m)
+	if err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+		return nil, true, nil
+	}
+	return ul, false, err
+}

@@ -142,7 +142,21 @@ func TestSlots(t *testing.T) {
 	if _, err := l.UploadLock(ctx, m); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("second upload lock: %v", err)
 	}
+	// As build-remote: after the wait, go on without it.
+	if ul, hogged, err := l.UploadLockWait(context.Background(), m, 100*time.Millisecond); ul != nil || !hogged || err != nil {
+		t.Errorf("UploadLockWait while held: %v %v %v", ul, hogged, err)
+	}
+	cctx, ccancel := context.WithCancel(context.Background())
+	ccancel()
+	if _, hogged, err := l.UploadLockWait(cctx, m, time.Minute); hogged || err == nil {
+		t.Errorf("UploadLockWait cancelled: hogged %v, %v", hogged, err)
+	}
 	u.Release()
+	if ul, hogged, err := l.UploadLockWait(context.Background(), m, time.Minute); ul == nil || hogged || err != nil {
+		t.Errorf("UploadLockWait once free: %v %v %v", ul, hogged, err)
+	} else {
+		ul.Release()
+	}
 	if u2, err := l.UploadLock(context.Background(), m); err != nil {
 		t.Error(err)
 	} else {

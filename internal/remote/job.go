@@ -64,6 +64,10 @@ type Step struct {
 	Log io.Writer
 	// Copy, if not nil, hears about the copies in and out.
 	Copy storecopy.Progress
+	// Upload, if not nil, is called before the inputs are sent, and its
+	// release after: the machine's upload lock, as build-remote takes
+	// it.
+	Upload func(ctx context.Context) (release func(), err error)
 }
 
 // StepResult is what a Step did.
@@ -102,7 +106,14 @@ func BuildOn(ctx context.Context, local *localstore.Store, machine string, sess 
 	res := &StepResult{}
 	t := time.Now()
 	copts := &storecopy.Options{Progress: s.Copy}
+	release := func() {}
+	if s.Upload != nil {
+		if release, err = s.Upload(ctx); err != nil {
+			return nil, err
+		}
+	}
 	sent, err := storecopy.Copy(ctx, local, sess, basic.InputSrcs, copts)
+	release()
 	if err != nil {
 		return nil, mErr("copy the inputs of", err)
 	}

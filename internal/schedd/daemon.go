@@ -55,6 +55,9 @@ type Options struct {
 	// Log receives what an operator should know (machines down and up,
 	// builds failed). Nil discards it.
 	Log io.Writer
+	// UploadWait is how long a build waits for the machine's upload lock
+	// before it goes on without it; zero means Nix's 15 minutes.
+	UploadWait time.Duration
 	// IdleExit, if positive, ends Serve once no client has been
 	// connected for that long: a scheduler started on demand by a build
 	// hook goes away when the builds are over.

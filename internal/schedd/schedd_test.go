@@ -520,6 +520,42 @@ func TestMoveWaitsForBusyMachine(t *testing.T) {
 	nixtest.Verify(t, st)
 }
 
+// TestUploadLock: the scheduler sends a build's inputs under the
+// machine's upload lock in the client's state directory, as build-remote
+// does, so it waits while another process (Nix's hook) uploads.
+func TestUploadLock(t *testing.T) {
+	e := newEnv(t)
+	ms := e.parse(e.ferryBuilder("up", "1 1"))
+	d, _ := e.daemon(schedd.Options{Machines: ms, QueueWait: -1})
+	st := filepath.Join(e.dir, "client")
+	ps := e.drvs(st, "u", 1, 0, "")
+	load, err := machines.OpenLoad(filepath.Join(st, "nix/var/nix"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, err := load.UploadLock(context.Background(), ms[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan *built, 1)
+	go func() {
+		b, err := hookBuild(context.Background(), d.SocketPath(), st, ps[0], e.system)
+		if err != nil {
+			t.Error(err)
+		}
+		done <- b
+	}()
+	select {
+	case b := <-done:
+		t.Fatalf("built while another process held the upload lock: %+v", b)
+	case <-time.After(2 * time.Second):
+	}
+	held.Release()
+	if b := <-done; b == nil || b.reply == nil || !b.reply.Success {
+		t.Fatalf("after the upload lock was let go: %+v", b)
+	}
+}
+
 // TestBackoffReload: a daemon started on the state of one that saw a
 // machine fail keeps it backed off.
 func TestBackoffReload(t *testing.T) {

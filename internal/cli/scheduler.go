@@ -77,7 +77,7 @@ func cmdScheduler(ctx context.Context, e *Env, args []string) error {
 		qw = -1
 	}
 	d, err := schedd.Listen(schedd.Options{StateDir: *stateDir, Machines: ms, MetricsAddr: *metrics, QueueWait: qw,
-		BackoffBase: *backoff, ConnectTimeout: *connTimeout, Log: e.Stderr, IdleExit: *idleExit})
+		BackoffBase: *backoff, ConnectTimeout: *connTimeout, Log: e.Stderr, IdleExit: *idleExit, TrustedUsers: s.TrustedUsers})
 	if err != nil {
 		return err
 	}

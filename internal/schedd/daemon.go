@@ -55,6 +55,9 @@ type Options struct {
 	// Log receives what an operator should know (machines down and up,
 	// builds failed). Nil discards it.
 	Log io.Writer
+	// TrustedUsers are trusted-users: who may build through the
+	// scheduler besides root and its own user (internal/schedd/peer.go).
+	TrustedUsers []string
 	// UploadWait is how long a build waits for the machine's upload lock
 	// before it goes on without it; zero means Nix's 15 minutes.
 	UploadWait time.Duration
@@ -651,6 +654,12 @@ func (d *Daemon) serveConn(nc net.Conn) {
 	}()
 	stop := context.AfterFunc(ctx, func() { nc.SetReadDeadline(time.Now()) })
 	defer stop()
+	denied := ""
+	if p, err := peerOf(nc); err != nil {
+		denied = fmt.Sprintf("cannot tell who is connecting: %v", err)
+	} else if !trusted(p, d.opts.TrustedUsers) {
+		denied = refusal(p)
+	}
 	for line := range reqs {
 		var req Request
 		if err := json.Unmarshal(line, &req); err != nil {
@@ -659,6 +668,10 @@ func (d *Daemon) serveConn(nc net.Conn) {
 		}
 		if req.V != Protocol {
 			c.send(&Response{Error: fmt.Sprintf("protocol version %d, the scheduler speaks %d (restart it with this ferry)", req.V, Protocol)})
+			return
+		}
+		if denied != "" && req.Op != "status" {
+			c.send(&Response{Error: denied})
 			return
 		}
 		switch req.Op {

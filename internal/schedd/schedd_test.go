@@ -26,6 +26,10 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if sock := os.Getenv("SCHEDD_PEER_CLIENT"); sock != "" {
+		schedd.PeerClient(sock)
+		os.Exit(0)
+	}
 	sandbox.Init()
 	code := m.Run()
 	nixtest.RemoveFerryBin()

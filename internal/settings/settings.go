@@ -140,6 +140,11 @@ type Settings struct {
 	// BuildersUseSubstitutes is builders-use-substitutes: build machines
 	// substitute the inputs they lack. Default false.
 	BuildersUseSubstitutes bool
+
+	// TrustedUsers is trusted-users: user names, "@group" and "*", as
+	// Nix's daemon reads it. Default "root". The ferry scheduler serves
+	// these users besides root and its own.
+	TrustedUsers []string
 }
 
 // DefaultBuilders is the default of builders in Nix 2.8.0
@@ -223,7 +228,8 @@ func Default() *Settings {
 		KeepBuildLog:     true,
 		CompressBuildLog: true,
 
-		Builders: "@/etc/nix/machines",
+		Builders:     "@/etc/nix/machines",
+		TrustedUsers: []string{"root"},
 	}
 	if _, err := os.Stat("/bin/busybox"); err == nil {
 		s.SandboxPaths = []string{"/bin/sh=/bin/busybox"}
@@ -484,6 +490,8 @@ func (s *Settings) Set(name, value string) error {
 		if !extra {
 			s.BuildersUseSubstitutes, err = ParseBool(name, value)
 		}
+	case "trusted-users":
+		list(&s.TrustedUsers)
 	}
 	return err
 }
@@ -672,6 +680,7 @@ func (s *Settings) KeyValue() string {
 		"compress-build-log":       strconv.FormatBool(s.CompressBuildLog),
 		"builders":                 s.Builders,
 		"builders-use-substitutes": strconv.FormatBool(s.BuildersUseSubstitutes),
+		"trusted-users":            strings.Join(s.TrustedUsers, " "),
 	}
 	if s.BuildDir != "" {
 		kv["build-dir"] = s.BuildDir

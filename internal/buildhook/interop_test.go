@@ -202,7 +202,8 @@ func TestHookInterop(t *testing.T) {
 			t.Fatalf("nix-build through the scheduler gave %q, a local one %q", r.out, refOut)
 		}
 		if n := sessions(e.sshd) - before; n > 4 || n == 0 {
-			t.Errorf("%d ssh sessions for 25 builds on 4 slots", n)
+			slog, _ := os.ReadFile(filepath.Join(stateDir, "ferry-scheduler.log"))
+			t.Errorf("%d ssh sessions for 25 builds on 4 slots\nnix-build:\n%s\nscheduler:\n%s", n, r.stderr, slog)
 		}
 		cmd := exec.Command(e.ferry, "status", "--state-dir", stateDir, "--json")
 		cmd.Env = e.env

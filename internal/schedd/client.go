@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"ferry/internal/hookapi"
+	"ferry/internal/lock"
 )
 
 // ErrNotRunning is returned (wrapped) by Connect and GetStatus when no
@@ -240,13 +241,33 @@ func Start(ctx context.Context, ferryBinary, stateDir string, args ...string) (s
 			return "", fmt.Errorf("the ferry scheduler did not answer on %s: %w (see %s)", sock, ctx.Err(), logf.Name())
 		case err := <-exited:
 			// Another Start's daemon may hold the lock and be starting:
-			// give it two seconds.
+			// wait for it while it holds the lock (up to startWait), or
+			// two seconds more if none does.
 			exited = nil
 			exitErr = fmt.Errorf("the ferry scheduler exited (%v) before answering on %s; see %s", err, sock, logf.Name())
 			giveUp = time.After(2 * time.Second)
+			if lockHeld(stateDir) {
+				giveUp = time.After(startWait)
+			}
 		case <-giveUp:
 			return "", exitErr
 		case <-tick.C:
 		}
 	}
+}
+
+// startWait is how long Start waits for a scheduler that another Start
+// launched (it holds the lock) to answer: a loaded machine can take
+// seconds to start one.
+const startWait = 30 * time.Second
+
+// lockHeld reports whether a scheduler holds stateDir's lock.
+func lockHeld(stateDir string) bool {
+	f, err := lock.OpenLockFile(lockPath(stateDir))
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	ok, err := lock.TryFlock(f, lock.Shared)
+	return err == nil && !ok
 }

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -778,5 +779,35 @@ func TestIdleExit(t *testing.T) {
 	}
 	if _, err := os.Stat(d.SocketPath()); !os.IsNotExist(err) {
 		t.Errorf("socket left behind: %v", err)
+	}
+}
+
+// TestStartConcurrently: hooks that find no scheduler at once each start
+// one; one wins the lock and every Start returns its socket, however
+// slowly it comes up, so no hook falls back to placing builds itself.
+func TestStartConcurrently(t *testing.T) {
+	ferry := nixtest.FerryBin(t)
+	stateDir, err := os.MkdirTemp("", "schedd-start-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(stateDir)
+	defer func() {
+		if st, err := schedd.GetStatus(context.Background(), schedd.SocketPath(stateDir)); err == nil {
+			syscall.Kill(st.PID, syscall.SIGTERM)
+		}
+	}()
+	const n = 8
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			_, err := schedd.Start(context.Background(), ferry, stateDir, "--idle-exit", "10s")
+			errs <- err
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
 	}
 }

@@ -100,6 +100,10 @@ func buildLogFD(stderr io.Writer) io.Writer {
 	}
 	switch st.Mode & syscall.S_IFMT {
 	case syscall.S_IFIFO, syscall.S_IFREG, syscall.S_IFCHR, syscall.S_IFSOCK:
+		// Nix dup2s it to 4, which clears close-on-exec: set it again,
+		// so that a scheduler the hook starts does not hold Nix's log
+		// pipe open for its whole life.
+		syscall.CloseOnExec(4)
 		return os.NewFile(4, "build-log")
 	}
 	return stderr

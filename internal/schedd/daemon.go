@@ -533,16 +533,24 @@ func (d *Daemon) pickWait(ctx context.Context, cands []*mstate, g0 *grant, skip 
 		if err != nil || g != nil || !busy {
 			return g, err
 		}
-		t := time.NewTimer(200 * time.Millisecond)
-		select {
-		case <-changed:
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return nil, ctx.Err()
+		if err := waitChange(ctx, changed); err != nil {
+			return nil, err
 		}
-		t.Stop()
 	}
+}
+
+// waitChange waits for changed to close (a slot freed, a machine
+// changed) or, since Nix's slot locks free without telling us, 200 ms.
+func waitChange(ctx context.Context, changed <-chan struct{}) error {
+	t := time.NewTimer(200 * time.Millisecond)
+	defer t.Stop()
+	select {
+	case <-changed:
+	case <-t.C:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return nil
 }
 
 // release frees g's slot.
@@ -769,16 +777,9 @@ func (d *Daemon) try(ctx context.Context, c *conn, req *hookapi.TryRequest) (*ho
 			d.queue++
 			d.mu.Unlock()
 		}
-		// Nix's slot locks free without telling us: look again soon.
-		t := time.NewTimer(200 * time.Millisecond)
-		select {
-		case <-changed:
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return nil, ctx.Err()
+		if err := waitChange(ctx, changed); err != nil {
+			return nil, err
 		}
-		t.Stop()
 	}
 }
 

@@ -216,8 +216,9 @@ func run(ctx context.Context, o *Options, lg *logger) error {
 	if err != nil {
 		return err
 	}
-	sched := &resilient{cur: first, warn: func(m string) { lg.msg(LvlWarn, m) },
-		connect: func(ctx context.Context) (hookapi.Scheduler, error) { return reconnect(ctx, o, cfg, local, lg) }}
+	sched := hookapi.NewResilient(first,
+		func(ctx context.Context) (hookapi.Scheduler, error) { return reconnect(ctx, o, cfg, local, lg) },
+		func(m string) { lg.msg(LvlWarn, m) })
 	defer sched.Release()
 
 	features := storeFeatures(local, cfg.Settings)

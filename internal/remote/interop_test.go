@@ -785,6 +785,43 @@ func TestRemoteBuildThroughScheduler(t *testing.T) {
 	if r := <-done; r.code != 0 || r.byName()["locked"].Machine != "ferry-scheduler" {
 		t.Errorf("after the lock was let go: exit %d, built on %q\n%s", r.code, r.byName()["locked"].Machine, r.stderr)
 	}
+
+	// kill -9 of the scheduler mid-build and a restart, as a service
+	// manager does: ferry build asks the restarted one again and
+	// finishes.
+	sleepExpr := filepath.Join(e.dir, "sleep.nix")
+	if err := os.WriteFile(sleepExpr, []byte(`{ system }: derivation { name = "slow"; inherit system; builder = "/bin/sh"; args = [ "-c" "echo started slow; sleep 3; echo slow > $out" ]; }`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	slowDrv := nixtest.Line(t, "nix-instantiate", "--store", local, "--argstr", "system", e.system, sleepExpr)
+	started := make(chan struct{})
+	var once sync.Once
+	go func() {
+		done <- e.ferryBuild(local, ms, func(line string) {
+			if strings.Contains(line, "started slow") {
+				once.Do(func() { close(started) })
+			}
+		}, "-j", "0", slowDrv)
+	}()
+	select {
+	case <-started:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("the slow build did not start:\n%s", daemonLog.String())
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	cmd2 := exec.Command(e.ferry, "scheduler", "--state-dir", stateDir)
+	cmd2.Env = e.clEnv
+	if err := cmd2.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd2.Process.Kill(); cmd2.Wait() })
+	// One attempt: the build was asked again of the restarted scheduler,
+	// not failed and rescheduled after the scheduler's back-off.
+	if r := <-done; r.code != 0 || r.byName()["slow"].Machine != "ferry-scheduler" || r.byName()["slow"].Attempts != 1 ||
+		!regexp.MustCompile(`lost the connection to the ferry scheduler .*; asking again`).MatchString(r.stderr) {
+		t.Errorf("ferry build across a scheduler restart: exit %d, built on %q in %d attempts\n%s", r.code, r.byName()["slow"].Machine, r.byName()["slow"].Attempts, r.stderr)
+	}
 	for _, st := range []string{b1, b2, b3, local} {
 		nixtest.Verify(t, st)
 	}

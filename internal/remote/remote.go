@@ -623,10 +623,13 @@ func (r *run) viaDaemon(p storepath.Path, d *derivation.Derivation, log io.Write
 		"max-log-size":    fmt.Sprint(r.s.MaxLogSize),
 	}
 	for {
-		sch, err := r.opts.Daemon(r.ctx)
+		first, err := r.opts.Daemon(r.ctx)
 		if err != nil {
 			return fail(err)
 		}
+		// A scheduler lost mid-build (restarted, crashed) is asked again
+		// once one answers, as ferry build-hook does.
+		sch := hookapi.NewResilient(first, r.redialDaemon, func(m string) { r.say("%s", m) })
 		rep, err := sch.Try(r.ctx, &hookapi.TryRequest{Store: r.opts.StoreURI, Builders: r.opts.Builders, System: d.Platform,
 			DrvPath: p, Features: strings.Fields(d.Env["requiredSystemFeatures"]), Settings: settings})
 		if err != nil {
@@ -666,6 +669,27 @@ func (r *run) viaDaemon(p storepath.Path, d *derivation.Derivation, log io.Write
 		}
 	}
 }
+
+// redialDaemon connects to the ferry scheduler again after it was lost,
+// waiting up to daemonRestartWait for one to answer.
+func (r *run) redialDaemon(ctx context.Context) (hookapi.Scheduler, error) {
+	deadline := time.Now().Add(daemonRestartWait)
+	for {
+		sch, err := r.opts.Daemon(ctx)
+		if err == nil || time.Now().After(deadline) {
+			return sch, err
+		}
+		select {
+		case <-time.After(250 * time.Millisecond):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// daemonRestartWait is how long a build waits for a lost ferry scheduler
+// to answer again (a service manager restarting it).
+const daemonRestartWait = 5 * time.Second
 
 // slotLock takes one of Nix's slot locks of m, waiting while other
 // processes (a nix-build --builders) hold them all.

@@ -36,6 +36,13 @@ type Locker interface {
 	QueryValidPathsLocked(ctx context.Context, paths []storepath.Path) ([]storepath.Path, error)
 }
 
+// Substituter is a Locker that can first substitute the missing paths
+// from its own substituters (over the serve protocol, QueryValidPaths
+// with substitute=1: Nix's builders-use-substitutes).
+type Substituter interface {
+	QueryValidPathsLockedSubstitute(ctx context.Context, paths []storepath.Path) ([]storepath.Path, error)
+}
+
 // PathInfoQuerier is a store that returns many path infos in one step.
 type PathInfoQuerier interface {
 	// QueryPathInfos returns the infos of the valid ones among paths, in

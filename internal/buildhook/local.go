@@ -301,7 +301,7 @@ func (l *Local) upload(ctx context.Context, m *machines.Machine, sess remote.Ses
 	defer ul.Release()
 	done = l.activity(LvlTalkative, fmt.Sprintf("copying dependencies to '%s'", m.URI))
 	defer done()
-	if _, err := storecopy.Copy(ctx, l.local, sess, inputs, nil); err != nil {
+	if _, err := storecopy.Copy(ctx, l.local, sess, inputs, &storecopy.Options{Substitute: l.cfg.Settings.BuildersUseSubstitutes}); err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}

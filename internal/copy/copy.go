@@ -41,6 +41,10 @@ type Options struct {
 	CheckPath func(info *store.PathInfo) error
 	// Progress, if not nil, is told how the copy goes.
 	Progress Progress
+	// Substitute asks a destination that is a store.Substituter to
+	// substitute what it lacks before the copy sends it (Nix's
+	// builders-use-substitutes, copyPaths with substitute).
+	Substitute bool
 }
 
 // Progress hears about a copy as it runs. Its methods are called from one
@@ -109,7 +113,12 @@ func Copy(ctx context.Context, src, dst store.Store, paths []storepath.Path, opt
 		infos, err := PathInfos(ctx, src, closure)
 		got <- infosResult{infos, err}
 	}()
-	present, err := ValidLocked(ctx, dst, closure)
+	var present []storepath.Path
+	if sub, ok := dst.(store.Substituter); ok && opts != nil && opts.Substitute {
+		present, err = sub.QueryValidPathsLockedSubstitute(ctx, closure)
+	} else {
+		present, err = ValidLocked(ctx, dst, closure)
+	}
 	ir := <-got
 	if ir.err != nil {
 		return nil, fmt.Errorf("query source: %w", ir.err)

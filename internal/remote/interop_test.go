@@ -115,12 +115,13 @@ type runResult struct {
 }
 
 type result struct {
-	DrvPath  string            `json:"drvPath"`
-	Machine  string            `json:"machine"`
-	Status   string            `json:"status"`
-	Outputs  map[string]string `json:"outputs"`
-	ErrorMsg string            `json:"errorMsg"`
-	Attempts int               `json:"attempts"`
+	DrvPath   string            `json:"drvPath"`
+	Machine   string            `json:"machine"`
+	Status    string            `json:"status"`
+	Outputs   map[string]string `json:"outputs"`
+	ErrorMsg  string            `json:"errorMsg"`
+	Attempts  int               `json:"attempts"`
+	SentPaths int               `json:"sentPaths"`
 }
 
 // ferryBuild runs ferry build --builders with --json and returns what it

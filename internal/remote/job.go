@@ -64,6 +64,9 @@ type Step struct {
 	Log io.Writer
 	// Copy, if not nil, hears about the copies in and out.
 	Copy storecopy.Progress
+	// Substitute has the machine substitute the inputs it lacks before
+	// they are sent (builders-use-substitutes).
+	Substitute bool
 	// Upload, if not nil, is called before the inputs are sent, and its
 	// release after: the machine's upload lock, as build-remote takes
 	// it.
@@ -112,7 +115,7 @@ func BuildOn(ctx context.Context, local *localstore.Store, machine string, sess 
 			return nil, err
 		}
 	}
-	sent, err := storecopy.Copy(ctx, local, sess, basic.InputSrcs, copts)
+	sent, err := storecopy.Copy(ctx, local, sess, basic.InputSrcs, &storecopy.Options{Progress: s.Copy, Substitute: s.Substitute})
 	release()
 	if err != nil {
 		return nil, mErr("copy the inputs of", err)

@@ -29,6 +29,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -122,6 +123,10 @@ type Result struct {
 	ErrorMsg string                    `json:"errorMsg,omitempty"`
 	Times    Times                     `json:"times"`
 	Attempts int                       `json:"attempts,omitempty"`
+	// SentPaths and SentBytes are the inputs the last attempt copied to
+	// its machine (the machine lacked them and did not substitute them).
+	SentPaths int    `json:"sentPaths,omitempty"`
+	SentBytes uint64 `json:"sentBytes,omitempty"`
 	// BuildResult is the machine's result of the last attempt, if any.
 	BuildResult *store.BuildResult `json:"-"`
 }
@@ -591,7 +596,7 @@ func (r *run) remote(pl *pool, p storepath.Path, d *derivation.Derivation, log i
 	}
 	sl.log.Set(log)
 	defer sl.log.Set(nil)
-	step := &Step{DrvPath: p, Drv: d, Outputs: r.outputsOf, Settings: r.buildSettings(), Log: log}
+	step := &Step{DrvPath: p, Drv: d, Outputs: r.outputsOf, Settings: r.buildSettings(), Log: log, Substitute: r.s.BuildersUseSubstitutes}
 	if r.opts.Progress != nil {
 		step.Copy = r.opts.Progress.Copying(p, pl.m.URI)
 	}
@@ -618,9 +623,10 @@ func (r *run) viaDaemon(p storepath.Path, d *derivation.Derivation, log io.Write
 		return nil, &MachineError{Machine: DaemonMachine, Err: err}
 	}
 	settings := map[string]string{
-		"max-silent-time": fmt.Sprint(int64(r.s.MaxSilentTime.Seconds())),
-		"timeout":         fmt.Sprint(int64(r.s.Timeout.Seconds())),
-		"max-log-size":    fmt.Sprint(r.s.MaxLogSize),
+		"max-silent-time":          fmt.Sprint(int64(r.s.MaxSilentTime.Seconds())),
+		"timeout":                  fmt.Sprint(int64(r.s.Timeout.Seconds())),
+		"max-log-size":             fmt.Sprint(r.s.MaxLogSize),
+		"builders-use-substitutes": strconv.FormatBool(r.s.BuildersUseSubstitutes),
 	}
 	for {
 		first, err := r.opts.Daemon(r.ctx)
@@ -772,6 +778,9 @@ func (r *run) finish(o outcome) {
 	if !o.already || res.Machine == "" {
 		res.Attempts++
 		res.Machine, res.Times = o.machine, o.times
+		if o.step != nil {
+			res.SentPaths, res.SentBytes = o.step.SentPaths, o.step.SentBytes
+		}
 	}
 	var me *MachineError
 	switch {

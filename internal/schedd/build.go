@@ -98,7 +98,8 @@ func (d *Daemon) buildOn(ctx context.Context, g *grant, p storepath.Path, drv *d
 	}
 	defer g.local.LocksHeld(outs...)()
 	s.log.Set(lw)
-	step := &remote.Step{DrvPath: p, Drv: drv, Settings: buildSettings(g.req.Settings), Log: lw,
+	substitute, _ := settings.ParseBool("builders-use-substitutes", g.req.Settings["builders-use-substitutes"])
+	step := &remote.Step{DrvPath: p, Drv: drv, Settings: buildSettings(g.req.Settings), Log: lw, Substitute: substitute,
 		// Nix's upload lock of the machine, shared with build-remote
 		// and ferry build-hook.
 		Upload: func(ctx context.Context) (func(), error) {

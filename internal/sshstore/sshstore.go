@@ -629,6 +629,14 @@ func (s *Store) QueryValidPathsLocked(ctx context.Context, paths []storepath.Pat
 	return store.InOrder(paths, valid), s.fail(err)
 }
 
+// QueryValidPathsLockedSubstitute is QueryValidPathsLocked with
+// substitute=1: the remote substitutes what it lacks first, when it can
+// (nix-store --serve does; ferry serve has no substituters).
+func (s *Store) QueryValidPathsLockedSubstitute(ctx context.Context, paths []storepath.Path) ([]storepath.Path, error) {
+	valid, err := s.client.QueryValidPaths(ctx, paths, true, true)
+	return store.InOrder(paths, valid), s.fail(err)
+}
+
 // AddTempRoot has the remote temp-root p for the rest of the session.
 func (s *Store) AddTempRoot(ctx context.Context, p storepath.Path) error {
 	_, err := s.QueryValidPathsLocked(ctx, []storepath.Path{p})

@@ -596,7 +596,20 @@ func (r *run) remote(pl *pool, p storepath.Path, d *derivation.Derivation, log i
 	}
 	sl.log.Set(log)
 	defer sl.log.Set(nil)
-	step := &Step{DrvPath: p, Drv: d, Outputs: r.outputsOf, Settings: r.buildSettings(), Log: log, Substitute: r.s.BuildersUseSubstitutes}
+	step := &Step{DrvPath: p, Drv: d, Outputs: r.outputsOf, Settings: r.buildSettings(), Log: log, Substitute: r.s.BuildersUseSubstitutes,
+		// Nix's upload lock of the machine, as build-remote takes it:
+		// one upload to a machine at a time, shared with Nix's hooks, so
+		// a second finds what the first sent.
+		Upload: func(ctx context.Context) (func(), error) {
+			ul, hogged, err := r.load.UploadLockWait(ctx, pl.m, 0)
+			if err != nil {
+				return nil, err
+			}
+			if hogged {
+				r.say("somebody is hogging the upload lock for '%s', continuing...", pl.m.URI)
+			}
+			return func() { ul.Release() }, nil
+		}}
 	if r.opts.Progress != nil {
 		step.Copy = r.opts.Progress.Copying(p, pl.m.URI)
 	}

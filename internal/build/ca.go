@@ -219,39 +219,9 @@ func (b *builder) runResolved(ctx context.Context, res *store.BuildResult) (stor
 	if err != nil || status != 0 {
 		return status, msg, err
 	}
-	inputs := map[storepath.Path]map[string]storepath.Path{}
-	var missing []string
-	for dp := range b.drv.InputDrvs {
-		if err := b.st.AddTempRoot(ctx, dp); err != nil {
-			return 0, "", err
-		}
-		outs, err := b.outputsOf(ctx, dp)
-		if errors.Is(err, store.ErrNotValid) {
-			missing = append(missing, string(dp))
-			continue
-		}
-		if err != nil {
-			return 0, "", err
-		}
-		inputs[dp] = outs
-	}
-	if len(missing) > 0 {
-		sort.Strings(missing)
-		return store.MiscFailure, fmt.Sprintf("some dependencies of '%s' are missing: '%s'", b.drvPath, strings.Join(missing, "', '")), nil
-	}
-	rd, err := b.drv.Resolve(b.st.Dir(), func(dp storepath.Path, o string) (storepath.Path, bool) {
-		p, ok := inputs[dp][o]
-		return p, ok
-	})
-	if err != nil {
-		return store.MiscFailure, fmt.Sprintf("cannot resolve derivation '%s': %v", b.drvPath, err), nil
-	}
-	rPath, err := b.st.AddDerivation(ctx, rd)
-	if err != nil {
-		return 0, "", fmt.Errorf("write resolved derivation of '%s': %w", b.drvPath, err)
-	}
-	if err := b.st.AddTempRoot(ctx, rPath); err != nil {
-		return 0, "", err
+	rPath, rd, status, msg, err := b.resolve(ctx)
+	if err != nil || msg != "" {
+		return status, msg, err
 	}
 	if b.opts.Log != nil {
 		fmt.Fprintf(b.opts.Log, "resolved derivation: '%s' -> '%s'\n", b.drvPath, rPath)
@@ -266,23 +236,77 @@ func (b *builder) runResolved(ctx context.Context, res *store.BuildResult) (stor
 	}
 	// The realisations of the original derivation (pure ones only; the
 	// fixed-output case never gets here).
-	if b.caEnabled() {
-		dependent := map[string]map[derivation.DrvOutput]storepath.Path{}
-		for name, p := range res.BuiltOutputs {
-			deps, err := b.outputReferences(ctx, p)
-			if err != nil {
-				return store.MiscFailure, err.Error(), nil
-			}
-			dependent[name] = deps
-		}
-		if err := b.registerRealisations(ctx, hashes, res.BuiltOutputs, dependent); err != nil {
-			return 0, "", err
-		}
+	if msg, err := b.registerResolved(ctx, hashes, res.BuiltOutputs); err != nil || msg != "" {
+		return store.MiscFailure, msg, err
 	}
 	if status == store.AlreadyValid {
 		status = store.ResolvesToAlreadyValid
 	}
 	return status, "", nil
+}
+
+// resolve is the first half of runResolved: the outputs of the input
+// derivations (outputsOf), made temp roots, and the derivation resolved
+// with them (derivation.Resolve), written to the store and temp-rooted
+// (Nix's inputsRealised writes it too: writeDerivation in
+// src/libstore/build/derivation-goal.cc@2.8.0). A non-empty msg is a
+// failure to report with status.
+func (b *builder) resolve(ctx context.Context) (rPath storepath.Path, rd *derivation.Derivation, status store.BuildStatus, msg string, err error) {
+	inputs := map[storepath.Path]map[string]storepath.Path{}
+	var missing []string
+	for dp := range b.drv.InputDrvs {
+		if err := b.st.AddTempRoot(ctx, dp); err != nil {
+			return "", nil, 0, "", err
+		}
+		outs, err := b.outputsOf(ctx, dp)
+		if errors.Is(err, store.ErrNotValid) {
+			missing = append(missing, string(dp))
+			continue
+		}
+		if err != nil {
+			return "", nil, 0, "", err
+		}
+		inputs[dp] = outs
+	}
+	if len(missing) > 0 {
+		sort.Strings(missing)
+		return "", nil, store.MiscFailure, fmt.Sprintf("some dependencies of '%s' are missing: '%s'", b.drvPath, strings.Join(missing, "', '")), nil
+	}
+	rd, err = b.drv.Resolve(b.st.Dir(), func(dp storepath.Path, o string) (storepath.Path, bool) {
+		p, ok := inputs[dp][o]
+		return p, ok
+	})
+	if err != nil {
+		return "", nil, store.MiscFailure, fmt.Sprintf("cannot resolve derivation '%s': %v", b.drvPath, err), nil
+	}
+	rPath, err = b.st.AddDerivation(ctx, rd)
+	if err != nil {
+		return "", nil, 0, "", fmt.Errorf("write resolved derivation of '%s': %w", b.drvPath, err)
+	}
+	if err := b.st.AddTempRoot(ctx, rPath); err != nil {
+		return "", nil, 0, "", err
+	}
+	return rPath, rd, 0, "", nil
+}
+
+// registerResolved is the end of Nix's resolvedFinished: each output of
+// the resolved derivation, at outs, is also realised under the original
+// derivation's hash, with the realisations of the inputs it refers to as
+// dependent realisations (outputReferences). A non-empty msg is a
+// failure.
+func (b *builder) registerResolved(ctx context.Context, hashes map[string]hash.Hash, outs map[string]storepath.Path) (string, error) {
+	if !b.caEnabled() {
+		return "", nil
+	}
+	dependent := map[string]map[derivation.DrvOutput]storepath.Path{}
+	for name, p := range outs {
+		deps, err := b.outputReferences(ctx, p)
+		if err != nil {
+			return err.Error(), nil
+		}
+		dependent[name] = deps
+	}
+	return "", b.registerRealisations(ctx, hashes, outs, dependent)
 }
 
 // outputReferences is Nix's drvOutputReferences: the realisations of the

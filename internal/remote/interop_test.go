@@ -72,9 +72,15 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
+	return newEnvWith(t, nil)
+}
+
+// newEnvWith is newEnv with the sshd's options.
+func newEnvWith(t *testing.T, sshOpts *sshtest.Options) *env {
+	t.Helper()
 	nixtest.RequireNix(t)
 	nixtest.Require(t, "ssh", "busybox")
-	e := &env{t: t, ferry: nixtest.FerryBin(t), sshd: sshtest.Start(t, nil), dir: t.TempDir()}
+	e := &env{t: t, ferry: nixtest.FerryBin(t), sshd: sshtest.Start(t, sshOpts), dir: t.TempDir()}
 	e.system = strings.Trim(nixtest.Line(t, "nix-instantiate", "--eval", "--expr", "builtins.currentSystem"), `"`)
 	if err := os.WriteFile(filepath.Join(e.dir, "input.txt"), []byte("an input source\n"), 0o644); err != nil {
 		t.Fatal(err)
@@ -826,4 +832,178 @@ func TestRemoteBuildThroughScheduler(t *testing.T) {
 	for _, st := range []string{b1, b2, b3, local} {
 		nixtest.Verify(t, st)
 	}
+}
+
+// caGraphNix is a graph of content-addressed derivations (experimental
+// feature ca-derivations): a floating leaf with two outputs, one referring
+// to the other and to itself, that uses an input source; a floating
+// derivation on it (resolved before it is built); and an input-addressed
+// one on that, whose outputs are therefore deferred until it is resolved.
+const caGraphNix = `{ system }:
+let
+  mk = name: script: attrs: derivation ({ inherit name system; builder = "/bin/sh"; args = [ "-c" script ]; } // attrs);
+  ca = name: script: attrs: mk name script ({ __contentAddressed = true; outputHashMode = "recursive"; outputHashAlgo = "sha256"; } // attrs);
+  src = ./input.txt;
+  leaf = ca "ca-leaf" "mkdir $out $dev; echo $out > $out/self; cat ${src} > $out/src; echo $dev > $out/devref; echo dev > $dev/file; echo built ca-leaf" { outputs = [ "out" "dev" ]; };
+  onCA = ca "ca-on-ca" "mkdir $out; cat ${leaf}/src > $out/src; echo ${leaf} ${leaf.dev} > $out/refs; echo $out > $out/me" {};
+in mk "ia-deferred" "mkdir $out; cat ${onCA}/src > $out/src; echo ${onCA} > $out/ref" {}
+`
+
+// caConfig is nixtest.Config with ca-derivations on.
+const caConfig = nixtest.Config + "extra-experimental-features = ca-derivations\n"
+
+// caRealisations is the realisations of a store as sqlite3 prints them:
+// each with its output path, and the dependent realisations.
+const caRealisations = `select 'R', r.drvPath, r.outputName, v.path, r.signatures from Realisations r join ValidPaths v on v.id = r.outputPath order by 2, 3;
+select 'RR', a.drvPath || '!' || a.outputName, b.drvPath || '!' || b.outputName from RealisationsRefs x join Realisations a on a.id = x.referrer join Realisations b on b.id = x.realisationReference order by 2, 3;`
+
+func realisations(t *testing.T, st string) string {
+	t.Helper()
+	out, err := exec.Command("sqlite3", filepath.Join(st, "nix/var/nix/db/db.sqlite"), caRealisations).CombinedOutput()
+	if err != nil {
+		t.Fatalf("sqlite3 %s: %v\n%s", st, err, out)
+	}
+	return string(out)
+}
+
+// TestRemoteBuildCA builds caGraphNix with ferry build --builders -j 0 on
+// a ferry serve builder and, separately, on a real nix-store --serve
+// builder (both with ca-derivations on and listing the feature), and
+// compares each client store with a local nix-build's: the same output
+// paths, NAR hashes, references and content addresses, and the same
+// realisations, dependent ones included. No .drv reaches a builder and
+// every store verifies; a second run builds nothing. With the only
+// machine lacking "ca-derivations", the error names the derivations and
+// the feature.
+func TestRemoteBuildCA(t *testing.T) {
+	nixtest.Require(t, "sqlite3")
+	e := newEnvWith(t, &sshtest.Options{Env: []string{"NIX_CONFIG=extra-experimental-features = ca-derivations"}})
+	for i, kv := range e.clEnv {
+		if strings.HasPrefix(kv, "NIX_CONFIG=") {
+			e.clEnv[i] = "NIX_CONFIG=" + caConfig
+		}
+	}
+	e.expr = filepath.Join(e.dir, "ca.nix")
+	if err := os.WriteFile(e.expr, []byte(caGraphNix), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	nixIn := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command(args[0], args[1:]...)
+		cmd.Env = e.clEnv
+		var o, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &o, &stderr
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, stderr.String())
+		}
+		return strings.TrimSpace(o.String())
+	}
+	ref := filepath.Join(e.dir, "ref")
+	refOut := nixIn("nix-build", "--store", ref, "--no-out-link", "--argstr", "system", e.system, e.expr)
+	want := nixtest.PathInfos(t, ref, "--recursive", refOut)
+	wantReal := realisations(t, ref)
+	// The cases the test is about are there: floating outputs (with a
+	// self-reference) and realisations with dependent ones.
+	selfRef := false
+	for p, info := range want {
+		for _, r := range info.References {
+			if r == p && strings.HasPrefix(info.CA, "fixed:r:sha256:") {
+				selfRef = true
+			}
+		}
+	}
+	if !selfRef || !strings.Contains(wantReal, "RR|") || strings.Count(wantReal, "R|") < 6 {
+		t.Fatalf("the reference store lacks the cases under test:\n%v\n%s", want, wantReal)
+	}
+
+	for _, c := range []struct{ name, program string }{{"ferry serve", e.ferry}, {"nix-store --serve", "nix-store"}} {
+		t.Run(c.name, func(t *testing.T) {
+			local := filepath.Join(t.TempDir(), "local")
+			b := filepath.Join(t.TempDir(), "b")
+			drv := nixIn("nix-instantiate", "--store", local, "--argstr", "system", e.system, e.expr)
+			ms := e.machine(c.program, b, "2 1 ca-derivations")
+			r := e.ferryBuild(local, ms, nil, "-j", "0", drv)
+			if r.code != 0 {
+				t.Fatalf("ferry build: exit %d\n%s", r.code, r.stderr)
+			}
+			res := r.byName()
+			if len(res) != 3 {
+				t.Errorf("%d results, want 3: %v", len(res), res)
+			}
+			for name, x := range res {
+				if x.Status != "Built" || !strings.Contains(x.Machine, "remote-store="+b) {
+					t.Errorf("%s: %s on %q (%s)", name, x.Status, x.Machine, x.ErrorMsg)
+				}
+			}
+			if got := res["ia-deferred"].Outputs["out"]; got != refOut {
+				t.Fatalf("ia-deferred built to %q, nix-build gave %q\n%s", got, refOut, r.stderr)
+			}
+			got := nixtest.PathInfos(t, local, "--recursive", refOut)
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("outputs differ from a local nix-build (-nix-build +ferry build --builders):\n%s", diff)
+			}
+			// Every output of the JSON results is a valid path of the
+			// reference's closure, the leaf's two included.
+			for name, x := range res {
+				if len(x.Outputs) == 0 {
+					t.Errorf("%s: no outputs in the results", name)
+				}
+				for o, p := range x.Outputs {
+					if _, ok := want[p]; !ok {
+						t.Errorf("%s!%s is %s, not a path of nix-build's closure", name, o, p)
+					}
+				}
+			}
+			if n := len(res["ca-leaf"].Outputs); n != 2 {
+				t.Errorf("ca-leaf has %d outputs in the results", n)
+			}
+			if gotReal := realisations(t, local); gotReal != wantReal {
+				t.Errorf("realisations differ:\nnix-build:\n%s\nferry build --builders:\n%s", wantReal, gotReal)
+			}
+			if ds := drvFiles(t, b); len(ds) > 0 {
+				t.Errorf("the builder holds .drv files: %v", ds)
+			}
+			if !strings.Contains(r.stderr, "resolved derivation: '") {
+				t.Errorf("no resolved derivation in the log:\n%s", r.stderr)
+			}
+			nixtest.Verify(t, b)
+			nixtest.Verify(t, local)
+
+			// Realised and valid: nothing is built or connected to again.
+			before := strings.Count(e.sshd.Log(), "Accepted publickey")
+			r = e.ferryBuild(local, ms, nil, "-j", "0", drv)
+			if r.code != 0 {
+				t.Fatalf("second run: exit %d\n%s", r.code, r.stderr)
+			}
+			for name, x := range r.byName() {
+				if x.Status != "AlreadyValid" {
+					t.Errorf("second run: %s: %s (%s)", name, x.Status, x.ErrorMsg)
+				}
+			}
+			if got := r.byName()["ia-deferred"].Outputs["out"]; got != refOut {
+				t.Errorf("second run: ia-deferred's out is %q", got)
+			}
+			if after := strings.Count(e.sshd.Log(), "Accepted publickey"); after != before {
+				t.Errorf("a run with nothing to build opened %d sessions", after-before)
+			}
+		})
+	}
+
+	t.Run("no machine with ca-derivations", func(t *testing.T) {
+		local := filepath.Join(t.TempDir(), "local")
+		b := filepath.Join(t.TempDir(), "b")
+		drv := nixIn("nix-instantiate", "--store", local, "--argstr", "system", e.system, e.expr)
+		r := e.ferryBuild(local, e.machine(e.ferry, b, "2 1 special"), nil, "-j", "0", drv)
+		if r.code == 0 {
+			t.Fatal("ferry build succeeded without a machine for ca-derivations")
+		}
+		for _, name := range []string{"ca-leaf", "ca-on-ca", "ia-deferred"} {
+			if !regexp.MustCompile(`cannot build '/nix/store/[^']+-` + name + `\.drv': no machine can build a '` + e.system + `' derivation with features \{ca-derivations\}`).MatchString(r.stderr) {
+				t.Errorf("stderr does not name %s and the feature ca-derivations:\n%s", name, r.stderr)
+			}
+		}
+		if _, err := os.Stat(b); !os.IsNotExist(err) {
+			t.Errorf("a build started anyway: %v", err)
+		}
+	})
 }

@@ -81,6 +81,10 @@ type StepResult struct {
 	SentBytes uint64
 	// Received are the outputs copied back, valid in the local store.
 	Received []storepath.Path
+	// Outputs are the outputs by name, valid in the local store: for a
+	// floating content-addressed derivation the paths the machine
+	// reported in the BuildResult's builtOutputs.
+	Outputs map[string]storepath.Path
 }
 
 // BuildOn builds one derivation on sess as Nix's build-remote does, but
@@ -138,7 +142,25 @@ func BuildOn(ctx context.Context, local *localstore.Store, machine string, sess 
 	if len(outs) == 0 {
 		outs = s.Drv.OutputPaths()
 	}
-	if want := s.Drv.OutputPaths(); len(want) == len(s.Drv.Outputs) {
+	want := s.Drv.OutputPaths()
+	if len(want) != len(s.Drv.Outputs) {
+		// A floating content-addressed derivation: its paths are known
+		// only from the machine's builtOutputs (protocol 2.6 on), as
+		// build-remote reads them (src/build-remote/build-remote.cc@2.8.0);
+		// the copy back checks each path against its content address.
+		reported := outs
+		outs = map[string]storepath.Path{}
+		for _, name := range s.Drv.OutputNames() {
+			p, ok := reported[name]
+			if !ok {
+				return nil, mErr("check the outputs of", fmt.Errorf("the machine did not report the path of output '%s'", name))
+			}
+			if want := storepath.OutputPathName(s.Drv.Name, name); p.Name() != want {
+				return nil, mErr("check the outputs of", fmt.Errorf("output '%s' is %s, whose name is not '%s'", name, p, want))
+			}
+			outs[name] = p
+		}
+	} else {
 		// Input-addressed outputs are known: the machine must have built
 		// exactly those.
 		for name, p := range want {
@@ -165,6 +187,7 @@ func BuildOn(ctx context.Context, local *localstore.Store, machine string, sess 
 	}
 	res.Times.CopyOut = time.Since(t)
 	res.Received = paths
+	res.Outputs = outs
 	return res, nil
 }
 

@@ -169,6 +169,11 @@ type run struct {
 	// and the job moved) changes nothing but the machine's state.
 	live   map[storepath.Path]attempt
 	serial int
+
+	// caMu guards caOuts: the realised outputs of the floating and
+	// deferred derivations of the graph, once they are all valid.
+	caMu   sync.Mutex
+	caOuts map[storepath.Path]map[string]storepath.Path
 }
 
 type attempt struct {
@@ -207,7 +212,8 @@ func newRun(ctx context.Context, local *localstore.Store, roots []storepath.Path
 	if opts == nil {
 		opts = &Options{}
 	}
-	r := &run{local: local, opts: opts, s: opts.Settings, pools: map[string]*pool{}, names: MachineNames(opts.Machines), results: map[storepath.Path]*Result{}, live: map[storepath.Path]attempt{}}
+	r := &run{local: local, opts: opts, s: opts.Settings, pools: map[string]*pool{}, names: MachineNames(opts.Machines), results: map[storepath.Path]*Result{}, live: map[storepath.Path]attempt{},
+		caOuts: map[storepath.Path]map[string]storepath.Path{}}
 	if r.s == nil {
 		r.s = settings.Default()
 	}
@@ -239,6 +245,12 @@ func newRun(ctx context.Context, local *localstore.Store, roots []storepath.Path
 				}
 			}
 			for _, f := range m.AllFeatures() {
+				// The scheduler's builds through ferry build-hook take
+				// no content-addressed derivation: those build locally
+				// (-j N) or are unbuildable.
+				if f == settings.CADerivations {
+					continue
+				}
 				if !seen["f:"+f] {
 					seen["f:"+f] = true
 					dm.SupportedFeatures = append(dm.SupportedFeatures, f)
@@ -266,8 +278,10 @@ func newRun(ctx context.Context, local *localstore.Store, roots []storepath.Path
 		ms = append(ms, schedule.Machine{ID: id, Systems: m.Systems, SupportedFeatures: m.SupportedFeatures,
 			MandatoryFeatures: m.MandatoryFeatures, MaxJobs: int(m.MaxJobs), SpeedFactor: float64(m.SpeedFactor)})
 	}
+	// The local store's features are Nix's localStore.systemFeatures:
+	// with ca-derivations on they include it (build.StoreFeatures).
 	ms = append(ms, schedule.Machine{ID: LocalMachine, Systems: append([]string{r.s.System}, r.s.ExtraPlatforms...),
-		SupportedFeatures: r.s.SystemFeatures, MaxJobs: opts.LocalJobs, SpeedFactor: 1, Local: true})
+		SupportedFeatures: build.StoreFeatures(r.local, r.s), MaxJobs: opts.LocalJobs, SpeedFactor: 1, Local: true})
 	so := opts.Schedule
 	so.KeepGoing = opts.KeepGoing
 	if r.sched, err = schedule.New(jobs, ms, so); err != nil {
@@ -293,16 +307,43 @@ func (r *run) jobs() ([]schedule.Job, error) {
 	storepath.Sort(paths)
 	for _, p := range paths {
 		d := r.g.Drvs[p]
-		j := schedule.Job{ID: string(p), System: d.Platform, Features: strings.Fields(d.Env["requiredSystemFeatures"]),
+		j := schedule.Job{ID: string(p), System: d.Platform, Features: requiredFeatures(d),
 			PreferLocal: d.Env["preferLocalBuild"] == "1", Valid: r.g.Results[p] != nil}
 		for _, dep := range r.g.Deps[p] {
 			j.Deps = append(j.Deps, string(dep))
 		}
 		sort.Strings(j.Deps)
 		if !j.Valid {
-			if typ, err := d.Type(); err == nil && typ != derivation.TypeInputAddressed && typ != derivation.TypeFixed {
-				return nil, fmt.Errorf("cannot build '%s' on build machines: ferry build --builders builds input-addressed and fixed-output derivations only (build it without --builders)", p)
+			typ, err := d.Type()
+			switch {
+			case err != nil:
+				// The build reports it.
+			case typ == derivation.TypeFloating || typ == derivation.TypeDeferred:
+				if err := r.s.RequireFeature(settings.CADerivations); err != nil {
+					return nil, fmt.Errorf("cannot build '%s': %w", p, err)
+				}
+				// Realised and valid already: not built again (Nix's
+				// checkPathValidity with ca-derivations).
+				outs, err := r.outputs(p)
+				if err != nil {
+					return nil, err
+				}
+				j.Valid = outs != nil
+			case typ == derivation.TypeFixed:
+				// Nix 2.8 resolves a fixed-output derivation with input
+				// derivations when ca-derivations is on
+				// (DerivationGoal::inputsRealised); ferry resolves only
+				// floating and deferred ones.
+				for dp := range d.InputDrvs {
+					if dd, ok := r.g.Drvs[dp]; ok && !knownOutputs(dd) {
+						return nil, fmt.Errorf("cannot build '%s' on build machines: it is a fixed-output derivation that depends on '%s', whose outputs are not known in advance, and ferry build --builders does not resolve fixed-output derivations (build it without --builders)", p, dp)
+					}
+				}
+			case typ != derivation.TypeInputAddressed:
+				return nil, fmt.Errorf("cannot build '%s' on build machines: ferry build --builders builds input-addressed, fixed-output and floating content-addressed derivations (and derivations that depend on them) only, not %s ones (build it without --builders)", p, typeName(typ))
 			}
+		}
+		if !j.Valid {
 			inputs, err := r.inputSizes(d.InputSrcs)
 			if err != nil {
 				return nil, err
@@ -312,6 +353,76 @@ func (r *run) jobs() ([]schedule.Job, error) {
 		jobs = append(jobs, j)
 	}
 	return jobs, nil
+}
+
+// requiredFeatures is Nix's ParsedDerivation::getRequiredSystemFeatures
+// (src/libstore/parsed-derivations.cc@2.8.0): requiredSystemFeatures, plus
+// "ca-derivations" when the derivation's output paths are not known in
+// advance (floating content-addressed, deferred and impure ones), a set.
+func requiredFeatures(d *derivation.Derivation) []string {
+	var fs []string
+	seen := map[string]bool{}
+	for _, f := range strings.Fields(d.Env["requiredSystemFeatures"]) {
+		if !seen[f] {
+			seen[f] = true
+			fs = append(fs, f)
+		}
+	}
+	if !knownOutputs(d) && !seen[settings.CADerivations] {
+		fs = append(fs, settings.CADerivations)
+	}
+	return fs
+}
+
+// knownOutputs says whether d's output paths are known in advance (Nix's
+// hasKnownOutputPaths); a derivation of no valid type counts as known, and
+// its build reports the error.
+func knownOutputs(d *derivation.Derivation) bool {
+	t, err := d.Type()
+	return err != nil || build.HasKnownOutputPaths(t)
+}
+
+// typeName names a derivation type in messages.
+func typeName(t derivation.Type) string {
+	switch t {
+	case derivation.TypeImpure:
+		return "impure"
+	case derivation.TypeFloating:
+		return "floating content-addressed"
+	case derivation.TypeDeferred:
+		return "deferred"
+	case derivation.TypeFixed:
+		return "fixed-output"
+	case derivation.TypeInputAddressed:
+		return "input-addressed"
+	}
+	return fmt.Sprintf("type-%d", t)
+}
+
+// outputs gives the output paths of p, a derivation of the graph: its own
+// for an input-addressed or fixed-output one; for a floating or deferred
+// one its realisations, once every output has one whose path is valid
+// locally (then kept), else nil.
+func (r *run) outputs(p storepath.Path) (map[string]storepath.Path, error) {
+	d := r.g.Drvs[p]
+	if knownOutputs(d) {
+		return d.OutputPaths(), nil
+	}
+	r.caMu.Lock()
+	outs, ok := r.caOuts[p]
+	r.caMu.Unlock()
+	if ok {
+		return outs, nil
+	}
+	// Also after the run was cancelled: collect reports what is valid.
+	outs, err := build.NewRealiser(r.local, r.s, p, d).Realised(context.WithoutCancel(r.ctx))
+	if err != nil || outs == nil {
+		return nil, err
+	}
+	r.caMu.Lock()
+	r.caOuts[p] = outs
+	r.caMu.Unlock()
+	return outs, nil
 }
 
 // inputSizes is the closure of srcs in the local store with NAR sizes.
@@ -451,6 +562,11 @@ func (r *run) start(a schedule.Assignment) {
 // copy back, as any add does.
 func (r *run) attempt(machine string, serial int, p storepath.Path, d *derivation.Derivation) (o outcome) {
 	o = outcome{job: p, machine: machine, serial: serial}
+	if machine == DaemonMachine && !knownOutputs(d) {
+		// Never so: the scheduler machine lacks "ca-derivations".
+		o.err = fmt.Errorf("cannot build '%s' through the ferry scheduler: its outputs are not known in advance (content-addressed)", p)
+		return o
+	}
 	if machine == DaemonMachine {
 		unlock, err := r.lockOutputs(d)
 		if err != nil {
@@ -461,8 +577,8 @@ func (r *run) attempt(machine string, serial int, p storepath.Path, d *derivatio
 	}
 	// Another attempt may have made the outputs valid meanwhile (a
 	// build moved off a machine that was only slow).
-	if valid, err := r.outputsValid(d); err == nil && valid {
-		o.res = &store.BuildResult{Status: store.AlreadyValid, BuiltOutputs: d.OutputPaths()}
+	if outs, err := r.validOutputs(p, d); err == nil && outs != nil {
+		o.res = &store.BuildResult{Status: store.AlreadyValid, BuiltOutputs: outs}
 		o.already = true
 		return o
 	}
@@ -509,17 +625,25 @@ func (r *run) lockOutputs(d *derivation.Derivation) (unlock func() error, err er
 	return locks.Unlock, nil
 }
 
-func (r *run) outputsValid(d *derivation.Derivation) (bool, error) {
+// validOutputs gives the outputs of p when all are valid locally (for a
+// floating or deferred derivation: realised), else nil.
+func (r *run) validOutputs(p storepath.Path, d *derivation.Derivation) (map[string]storepath.Path, error) {
+	if !knownOutputs(d) {
+		return r.outputs(p)
+	}
 	outs := d.OutputPaths()
 	if len(outs) == 0 || len(outs) != len(d.Outputs) {
-		return false, nil
+		return nil, nil
 	}
 	paths := make([]storepath.Path, 0, len(outs))
 	for _, o := range outs {
 		paths = append(paths, o)
 	}
 	valid, err := r.local.QueryValidPaths(r.ctx, paths)
-	return len(valid) == len(paths), err
+	if err != nil || len(valid) != len(paths) {
+		return nil, err
+	}
+	return outs, nil
 }
 
 // buildLog is where a build's log goes: a file in LogDir, or Log behind
@@ -573,7 +697,40 @@ func MachineNames(ms []*machines.Machine) map[string]string {
 }
 
 // remote builds p on a slot of pl, opening the slot's session if need be.
+//
+// A floating or deferred derivation with input derivations is first
+// resolved against the local store's realisations (build.Realiser, as a
+// local build does), and the resolved derivation is what the machine
+// builds; its outputs' realisations, and then the original derivation's,
+// are registered locally once they are copied back (buildCA).
 func (r *run) remote(pl *pool, p storepath.Path, d *derivation.Derivation, log io.Writer) (res *StepResult, connected bool, err error) {
+	step := &Step{DrvPath: p, Drv: d, Outputs: r.outputsOf, Settings: r.buildSettings(), Log: log}
+	var orig *build.Realiser
+	if !knownOutputs(d) && build.NeedsResolve(d) {
+		orig = build.NewRealiser(r.local, r.s, p, d)
+		rPath, rd, msg, err := orig.Resolve(r.ctx)
+		if err != nil {
+			return nil, false, err
+		}
+		if msg != "" {
+			return &StepResult{Result: &store.BuildResult{Status: store.MiscFailure, ErrorMsg: msg}}, false, nil
+		}
+		fmt.Fprintf(log, "resolved derivation: '%s' -> '%s'\n", p, rPath)
+		step.DrvPath, step.Drv = rPath, rd
+		// A resolved derivation valid already (another derivation
+		// resolved to it) is not built again: ResolvesToAlreadyValid,
+		// as Nix's resolvedFinished reports it.
+		outs, err := r.resolvedValid(rPath, rd)
+		if err != nil {
+			return nil, false, err
+		}
+		if outs != nil {
+			if err := r.registerCA(step, orig, outs); err != nil {
+				return nil, false, err
+			}
+			return &StepResult{Result: &store.BuildResult{Status: store.ResolvesToAlreadyValid, BuiltOutputs: outs}, Outputs: outs}, false, nil
+		}
+	}
 	var sl *slot
 	select {
 	case sl = <-pl.free:
@@ -596,20 +753,20 @@ func (r *run) remote(pl *pool, p storepath.Path, d *derivation.Derivation, log i
 	}
 	sl.log.Set(log)
 	defer sl.log.Set(nil)
-	step := &Step{DrvPath: p, Drv: d, Outputs: r.outputsOf, Settings: r.buildSettings(), Log: log, Substitute: r.s.BuildersUseSubstitutes,
-		// Nix's upload lock of the machine, as build-remote takes it:
-		// one upload to a machine at a time, shared with Nix's hooks, so
-		// a second finds what the first sent.
-		Upload: func(ctx context.Context) (func(), error) {
-			ul, hogged, err := r.load.UploadLockWait(ctx, pl.m, 0)
-			if err != nil {
-				return nil, err
-			}
-			if hogged {
-				r.say("somebody is hogging the upload lock for '%s', continuing...", pl.m.URI)
-			}
-			return func() { ul.Release() }, nil
-		}}
+	step.Substitute = r.s.BuildersUseSubstitutes
+	// Nix's upload lock of the machine, as build-remote takes it: one
+	// upload to a machine at a time, shared with Nix's hooks, so a second
+	// finds what the first sent.
+	step.Upload = func(ctx context.Context) (func(), error) {
+		ul, hogged, err := r.load.UploadLockWait(ctx, pl.m, 0)
+		if err != nil {
+			return nil, err
+		}
+		if hogged {
+			r.say("somebody is hogging the upload lock for '%s', continuing...", pl.m.URI)
+		}
+		return func() { ul.Release() }, nil
+	}
 	if r.opts.Progress != nil {
 		step.Copy = r.opts.Progress.Copying(p, pl.m.URI)
 	}
@@ -619,7 +776,53 @@ func (r *run) remote(pl *pool, p storepath.Path, d *derivation.Derivation, log i
 		sl.sess.Close()
 		sl.sess = nil
 	}
+	if err == nil && res.Result.Status.Success() && (!knownOutputs(d) || orig != nil) {
+		err = r.registerCA(step, orig, res.Outputs)
+	}
 	return res, connected, err
+}
+
+// resolvedValid gives the outputs of the resolved derivation rd at rPath
+// when they are valid locally (realised, for a floating one), else nil.
+func (r *run) resolvedValid(rPath storepath.Path, rd *derivation.Derivation) (map[string]storepath.Path, error) {
+	if !knownOutputs(rd) {
+		return build.NewRealiser(r.local, r.s, rPath, rd).Realised(r.ctx)
+	}
+	outs := rd.OutputPaths()
+	paths := make([]storepath.Path, 0, len(outs))
+	for _, o := range outs {
+		if err := r.local.AddTempRoot(r.ctx, o); err != nil {
+			return nil, err
+		}
+		paths = append(paths, o)
+	}
+	valid, err := r.local.QueryValidPaths(r.ctx, paths)
+	if err != nil || len(valid) != len(paths) || len(paths) == 0 {
+		return nil, err
+	}
+	return outs, nil
+}
+
+// registerCA records in the local store the realisations of a floating
+// or deferred derivation built on a machine, whose outputs outs are now
+// valid locally: those of the derivation the machine built (the resolved
+// one, or the floating one itself), as build-remote registers the
+// builtOutputs and checkPathValidity the static outputs of a resolved
+// deferred one; then, when it was resolved (orig), those of the original
+// derivation with their dependent realisations, as resolvedFinished does
+// (src/build-remote/build-remote.cc, src/libstore/build/derivation-goal.cc
+// @2.8.0). Dependents resolve against them.
+func (r *run) registerCA(step *Step, orig *build.Realiser, outs map[string]storepath.Path) error {
+	ctx := context.WithoutCancel(r.ctx)
+	if err := build.NewRealiser(r.local, r.s, step.DrvPath, step.Drv).RegisterBuilt(ctx, outs); err != nil {
+		return fmt.Errorf("register the realisations of '%s': %w", step.DrvPath, err)
+	}
+	if orig != nil {
+		if err := orig.RegisterResolved(ctx, outs); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // viaDaemon has the ferry scheduler build p: a try (postponed ones are
@@ -759,16 +962,21 @@ func (r *run) buildSettings() *store.BuildSettings {
 	return &store.BuildSettings{MaxSilentTime: r.s.MaxSilentTime, Timeout: r.s.Timeout, MaxLogSize: r.s.MaxLogSize}
 }
 
-// outputsOf gives the output paths of an input derivation of the graph.
+// outputsOf gives the output paths of an input derivation of the graph:
+// for a floating or deferred one its realisations (Nix's
+// queryPartialDerivationOutputMap).
 func (r *run) outputsOf(p storepath.Path) (map[string]storepath.Path, error) {
-	d, ok := r.g.Drvs[p]
-	if !ok {
-		var err error
-		if d, err = r.local.ReadDerivation(r.ctx, p); err != nil {
-			return nil, err
-		}
+	if _, ok := r.g.Drvs[p]; ok {
+		return r.outputs(p)
 	}
-	return d.OutputPaths(), nil
+	d, err := r.local.ReadDerivation(r.ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	if knownOutputs(d) {
+		return d.OutputPaths(), nil
+	}
+	return build.OutputsOf(r.ctx, r.local, r.s, p)
 }
 
 // finish tells the scheduler how an assignment went.
@@ -814,7 +1022,11 @@ func (r *run) finish(o outcome) {
 		}
 		var outs []schedule.Input
 		var paths []string
-		for _, p := range r.g.Drvs[o.job].OutputPaths() {
+		built, err := r.outputs(o.job)
+		if err != nil {
+			r.say("warning: the outputs of '%s': %v", o.job, err)
+		}
+		for _, p := range built {
 			paths = append(paths, string(p))
 			if info, err := r.local.QueryPathInfo(r.ctx, p); err == nil {
 				outs = append(outs, schedule.Input{Path: string(p), Size: info.NarSize})
@@ -873,9 +1085,9 @@ func (r *run) collect() (map[storepath.Path]*Result, error) {
 			if res.BuildResult != nil && res.BuildResult.Status == store.AlreadyValid {
 				res.Status = "AlreadyValid"
 			}
-			res.Outputs = d.OutputPaths()
+			res.Outputs = r.collectOutputs(p, d)
 		case schedule.Valid:
-			res.Status, res.Outputs, res.Machine = "AlreadyValid", d.OutputPaths(), ""
+			res.Status, res.Outputs, res.Machine = "AlreadyValid", r.collectOutputs(p, d), ""
 		case schedule.Failed:
 			res.Status = "Failed"
 			if res.BuildResult != nil {
@@ -906,6 +1118,15 @@ func (r *run) collect() (map[storepath.Path]*Result, error) {
 		return r.results, fmt.Errorf("%d derivations failed to build: '%s'", len(failed), strings.Join(failed, "', '"))
 	}
 	return r.results, nil
+}
+
+// collectOutputs is the outputs of a built or valid p for its result.
+func (r *run) collectOutputs(p storepath.Path, d *derivation.Derivation) map[string]storepath.Path {
+	if knownOutputs(d) {
+		return d.OutputPaths()
+	}
+	outs, _ := r.outputs(p)
+	return outs
 }
 
 // SwitchWriter passes writes on to the writer Set last (none: dropped):

@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"sort"
-	"strconv"
 	"strings"
 
 	"ferry/internal/localstore"
@@ -19,6 +18,7 @@ import (
 	"ferry/nix/hash"
 	"ferry/nix/nar"
 	"ferry/nix/refscan"
+	"ferry/nix/rewrite"
 	"ferry/nix/storepath"
 	"ferry/store"
 )
@@ -39,34 +39,6 @@ func scratchPath(dir storepath.Dir, drvPath storepath.Path, drvName, output stri
 		return "", err
 	}
 	return dir.Make("rewrite:"+drvPath.Base()+":name:"+output, zero, storepath.OutputPathName(drvName, output))
-}
-
-// moduloHasher is Nix's HashModuloSink: the hash of what is written with
-// every occurrence of modulus (a hash part) replaced by as many NUL bytes,
-// followed by "|<offset>" for each occurrence, in order.
-type moduloHasher struct {
-	h  interface{ Sum([]byte) []byte }
-	rw *hashRewriter
-	hw io.Writer
-	a  hash.Algorithm
-}
-
-func newModuloHasher(a hash.Algorithm, modulus string) *moduloHasher {
-	h := a.New()
-	return &moduloHasher{h: h, hw: h, a: a, rw: &hashRewriter{w: h, from: []byte(modulus), to: make([]byte, len(modulus))}}
-}
-
-func (m *moduloHasher) Write(p []byte) (int, error) { return m.rw.Write(p) }
-
-// Sum ends the stream and returns the hash.
-func (m *moduloHasher) Sum() (hash.Hash, error) {
-	if err := m.rw.Flush(); err != nil {
-		return hash.Hash{}, err
-	}
-	for _, off := range m.rw.matches {
-		io.WriteString(m.hw, "|"+strconv.FormatUint(off, 10))
-	}
-	return hash.New(m.a, m.h.Sum(nil))
 }
 
 // caEnabled reports whether ca-derivations is on for this build.
@@ -549,7 +521,7 @@ func checkFloatingOutputs(ctx context.Context, st *localstore.Store, drvPath sto
 	}()
 	finals := map[string]storepath.Path{}
 	// scratch hash part -> final hash part, for the outputs done so far.
-	var rewrites []*hashRewriter
+	var rewrites []*rewrite.Writer
 	var infos []*store.PathInfo
 	for _, name := range order {
 		fo := outs[name]
@@ -559,7 +531,7 @@ func checkFloatingOutputs(ctx context.Context, st *localstore.Store, drvPath sto
 		}
 		finals[name] = info.Path
 		if info.Path != fo.scratch {
-			rewrites = append(rewrites, &hashRewriter{from: []byte(fo.scratch.HashPart()), to: []byte(info.Path.HashPart())})
+			rewrites = append(rewrites, &rewrite.Writer{From: []byte(fo.scratch.HashPart()), To: []byte(info.Path.HashPart())})
 		}
 		// Lock the final path (Nix's dynamicOutputLock) and move the tree
 		// there, unless the path is valid already (built by someone
@@ -607,13 +579,13 @@ func checkFloatingOutputs(ctx context.Context, st *localstore.Store, drvPath sto
 // and, when the path differs from the scratch one, restores the rewritten
 // tree next to the scratch one (at real + ".tmp"). rewrites map the
 // scratch hash parts of the outputs done before to their final ones.
-func finishFloating(ctx context.Context, st *localstore.Store, drvPath storepath.Path, d *derivation.Derivation, fo *floatingOutput, finals map[string]storepath.Path, rewrites []*hashRewriter) (*store.PathInfo, error) {
+func finishFloating(ctx context.Context, st *localstore.Store, drvPath storepath.Path, d *derivation.Derivation, fo *floatingOutput, finals map[string]storepath.Path, rewrites []*rewrite.Writer) (*store.PathInfo, error) {
 	if fo.o.Method == storepath.Flat && (!fo.fi.Mode().IsRegular() || fo.fi.Mode()&0o100 != 0) {
 		return nil, rejectf("output path '%s' should be a non-executable regular file since recursive hashing is not enabled (outputHashMode=flat)", fo.real)
 	}
 	// The content as Nix hashes it: the other outputs' hashes rewritten
 	// (rewriteOutput), then the modulo hash of the own scratch hash.
-	mh := newModuloHasher(fo.o.HashAlgo, fo.scratch.HashPart())
+	mh := rewrite.NewModuloHasher(fo.o.HashAlgo, fo.scratch.HashPart())
 	if err := writeRewritten(mh, fo.real, fo.o.Method, rewrites); err != nil {
 		return nil, fmt.Errorf("hash %s: %w", fo.real, err)
 	}
@@ -625,7 +597,7 @@ func finishFloating(ctx context.Context, st *localstore.Store, drvPath storepath
 	var refs []storepath.Path
 	toFinal := map[string]string{}
 	for _, rw := range rewrites {
-		toFinal[string(rw.from)] = string(rw.to)
+		toFinal[string(rw.From)] = string(rw.To)
 	}
 	for _, r := range fo.refs {
 		switch {
@@ -668,7 +640,7 @@ func finishFloating(ctx context.Context, st *localstore.Store, drvPath storepath
 	// real.tmp; its NAR hash is the NAR as restored.
 	all := rewrites
 	if final != fo.scratch {
-		all = append(append([]*hashRewriter(nil), rewrites...), &hashRewriter{from: []byte(fo.scratch.HashPart()), to: []byte(final.HashPart())})
+		all = append(append([]*rewrite.Writer(nil), rewrites...), &rewrite.Writer{From: []byte(fo.scratch.HashPart()), To: []byte(final.HashPart())})
 	}
 	tmp := fo.real + ".tmp"
 	storefs.Delete(tmp)
@@ -676,7 +648,7 @@ func finishFloating(ctx context.Context, st *localstore.Store, drvPath storepath
 	if len(all) > 0 {
 		pairs := make([][2]string, 0, len(all))
 		for _, rw := range all {
-			pairs = append(pairs, [2]string{string(rw.from), string(rw.to)})
+			pairs = append(pairs, [2]string{string(rw.From), string(rw.To)})
 		}
 		h, n, err := rewriteTree(fo.real, tmp, pairs)
 		if err != nil {
@@ -711,14 +683,12 @@ func finishFloating(ctx context.Context, st *localstore.Store, drvPath storepath
 
 // writeRewritten writes the NAR of path (recursive) or the file's
 // contents (flat) to w with the rewrites applied in order.
-func writeRewritten(w io.Writer, path string, m storepath.Method, rewrites []*hashRewriter) error {
-	var chain []*hashRewriter
-	out := w
-	for i := len(rewrites) - 1; i >= 0; i-- {
-		rw := &hashRewriter{w: out, from: rewrites[i].from, to: rewrites[i].to}
-		chain = append([]*hashRewriter{rw}, chain...)
-		out = rw
+func writeRewritten(w io.Writer, path string, m storepath.Method, rewrites []*rewrite.Writer) error {
+	pairs := make([][2]string, len(rewrites))
+	for i, rw := range rewrites {
+		pairs[i] = [2]string{string(rw.From), string(rw.To)}
 	}
+	out, flush := rewrite.Chain(w, pairs)
 	var err error
 	if m == storepath.Flat {
 		var f *os.File
@@ -729,10 +699,8 @@ func writeRewritten(w io.Writer, path string, m storepath.Method, rewrites []*ha
 	} else {
 		err = nar.Dump(out, path)
 	}
-	for _, rw := range chain {
-		if err == nil {
-			err = rw.Flush()
-		}
+	if err == nil {
+		err = flush()
 	}
 	return err
 }

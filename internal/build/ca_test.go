@@ -13,6 +13,7 @@ import (
 	"ferry/nix/derivation"
 	"ferry/nix/hash"
 	"ferry/nix/nar"
+	"ferry/nix/rewrite"
 	"ferry/nix/storepath"
 	"ferry/store"
 )
@@ -50,14 +51,14 @@ func rschTree(t *testing.T) string {
 
 func TestHashModuloSelfReference(t *testing.T) {
 	out := rschTree(t)
-	mh := newModuloHasher(hash.SHA256, storepath.Path(rschScratch).HashPart())
+	mh := rewrite.NewModuloHasher(hash.SHA256, storepath.Path(rschScratch).HashPart())
 	must(t, writeRewritten(mh, out, storepath.Recursive, nil))
 	got, err := mh.Sum()
 	must(t, err)
 	if got.Encode(hash.Nix32, false) != rschCA {
 		t.Fatalf("modulo hash %s, want %s", got.Encode(hash.Nix32, false), rschCA)
 	}
-	if off := mh.rw.matches; len(off) != 1 || off[0] != 107 {
+	if off := mh.Matches(); len(off) != 1 || off[0] != 107 {
 		t.Fatalf("self-reference offsets %v, want [107]", off)
 	}
 	// Independently: the NAR with the hash part zeroed, then "|107".
@@ -75,7 +76,7 @@ func TestHashModuloSelfReference(t *testing.T) {
 		t.Fatalf("final path %s, want %s", final, rschFinal)
 	}
 	// Without the self-reference the suffix is absent and the hash differs.
-	plain := newModuloHasher(hash.SHA256, strings.Repeat("a", 32))
+	plain := rewrite.NewModuloHasher(hash.SHA256, strings.Repeat("a", 32))
 	must(t, writeRewritten(plain, out, storepath.Recursive, nil))
 	ph, err := plain.Sum()
 	must(t, err)

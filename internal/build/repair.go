@@ -1,7 +1,6 @@
 package build
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -21,6 +20,7 @@ import (
 	"ferry/nix/derivation"
 	"ferry/nix/hash"
 	"ferry/nix/nar"
+	"ferry/nix/rewrite"
 	"ferry/nix/storepath"
 	"ferry/store"
 )
@@ -311,20 +311,12 @@ func rewriteTree(src, dst string, pairs [][2]string) (hash.Hash, uint64, error) 
 	pr, pw := io.Pipe()
 	sum := sha256.New()
 	var size countWriter
-	var w io.Writer = io.MultiWriter(pw, sum, &size)
-	var chain []*hashRewriter
-	for i := len(pairs) - 1; i >= 0; i-- {
-		rw := &hashRewriter{w: w, from: []byte(pairs[i][0]), to: []byte(pairs[i][1])}
-		chain = append([]*hashRewriter{rw}, chain...)
-		w = rw
-	}
+	w, flush := rewrite.Chain(io.MultiWriter(pw, sum, &size), pairs)
 	dumped := make(chan error, 1)
 	go func() {
 		err := nar.Dump(w, src)
-		for _, rw := range chain {
-			if err == nil {
-				err = rw.Flush()
-			}
+		if err == nil {
+			err = flush()
 		}
 		pw.CloseWithError(err)
 		dumped <- err
@@ -339,56 +331,6 @@ func rewriteTree(src, dst string, pairs [][2]string) (hash.Hash, uint64, error) 
 		return hash.Hash{}, 0, err
 	}
 	return hash.FromHasher(hash.SHA256, sum), size.n, nil
-}
-
-// hashRewriter replaces every occurrence of from by to (of the same
-// length) in what is written through it, as Nix's rewriteStrings does on
-// the whole text: left to right, never matching inside a replacement. It
-// holds back len(from)-1 bytes that may begin an occurrence; Flush writes
-// them.
-//
-// It also records the stream offset of every occurrence in matches, as
-// Nix's RewritingSink does (HashModuloSink hashes them).
-type hashRewriter struct {
-	w        io.Writer
-	from, to []byte
-	buf      []byte
-	pos      uint64   // stream offset of buf[0]
-	matches  []uint64 // offsets of the occurrences replaced so far
-}
-
-func (r *hashRewriter) Write(p []byte) (int, error) {
-	r.buf = append(r.buf, p...)
-	end := 0 // end of the last replacement
-	for {
-		j := bytes.Index(r.buf[end:], r.from)
-		if j < 0 {
-			break
-		}
-		r.matches = append(r.matches, r.pos+uint64(end+j))
-		copy(r.buf[end+j:], r.to)
-		end += j + len(r.from)
-	}
-	n := max(end, len(r.buf)-(len(r.from)-1))
-	if n > 0 {
-		if _, err := r.w.Write(r.buf[:n]); err != nil {
-			return 0, err
-		}
-		r.pos += uint64(n)
-		r.buf = append(r.buf[:0], r.buf[n:]...)
-	}
-	return len(p), nil
-}
-
-// Flush writes what is held back.
-func (r *hashRewriter) Flush() error {
-	if len(r.buf) == 0 {
-		return nil
-	}
-	_, err := r.w.Write(r.buf)
-	r.pos += uint64(len(r.buf))
-	r.buf = r.buf[:0]
-	return err
 }
 
 // contentsGood reports whether p is valid, present, and hashes to its

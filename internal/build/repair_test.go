@@ -16,6 +16,7 @@ import (
 	"ferry/nix/derivation"
 	"ferry/nix/hash"
 	"ferry/nix/nar"
+	"ferry/nix/rewrite"
 	"ferry/nix/storepath"
 	"ferry/store"
 )
@@ -285,7 +286,7 @@ func TestHashRewriter(t *testing.T) {
 			want := strings.ReplaceAll(tt.in, from, to)
 			for range 20 {
 				var out bytes.Buffer
-				rw := &hashRewriter{w: &out, from: []byte(from), to: []byte(to)}
+				rw := &rewrite.Writer{W: &out, From: []byte(from), To: []byte(to)}
 				in := []byte(tt.in)
 				for len(in) > 0 {
 					n := 1 + rng.Intn(len(in))

@@ -689,16 +689,7 @@ func writeRewritten(w io.Writer, path string, m storepath.Method, rewrites []*re
 		pairs[i] = [2]string{string(rw.From), string(rw.To)}
 	}
 	out, flush := rewrite.Chain(w, pairs)
-	var err error
-	if m == storepath.Flat {
-		var f *os.File
-		if f, err = os.Open(path); err == nil {
-			_, err = io.Copy(out, f)
-			f.Close()
-		}
-	} else {
-		err = nar.Dump(out, path)
-	}
+	err := nar.DumpContents(out, path, m == storepath.Flat)
 	if err == nil {
 		err = flush()
 	}

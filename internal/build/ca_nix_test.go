@@ -55,14 +55,7 @@ func caEnv(dir string) []string {
 // run runs a command with env and returns its standard output.
 func run(t *testing.T, env []string, name string, args ...string) string {
 	t.Helper()
-	cmd := exec.Command(name, args...)
-	cmd.Env = env
-	var o, e bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &o, &e
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, e.Bytes())
-	}
-	return o.String()
+	return string(nixtest.RunEnv(t, env, name, args...))
 }
 
 // caRows is what both stores must agree on, as sqlite3 prints it: the

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -38,14 +37,7 @@ func TestAddSelfReferencingCA(t *testing.T) {
 	src := filepath.Join(dir, "src")
 	run := func(name string, args ...string) []byte {
 		t.Helper()
-		cmd := exec.Command(name, args...)
-		cmd.Env = env
-		var o, e bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &o, &e
-		if err := cmd.Run(); err != nil {
-			t.Fatalf("%s %v: %v\n%s", name, args, err, e.Bytes())
-		}
-		return o.Bytes()
+		return nixtest.RunEnv(t, env, name, args...)
 	}
 	out := strings.TrimSpace(string(run("nix-build", "--store", src, "--no-out-link", "-E", expr)))
 	var infos []struct {

@@ -1,9 +1,6 @@
 package localstore
 
 import (
-	"io"
-	"os"
-
 	"ferry/nix/hash"
 	"ferry/nix/nar"
 	"ferry/nix/rewrite"
@@ -19,17 +16,7 @@ import (
 // output).
 func hashCAPath(m storepath.Method, a hash.Algorithm, path, modulus string) (hash.Hash, error) {
 	mh := rewrite.NewModuloHasher(a, modulus)
-	var err error
-	if m == storepath.Flat {
-		var f *os.File
-		if f, err = os.Open(path); err == nil {
-			_, err = io.Copy(mh, f)
-			f.Close()
-		}
-	} else {
-		err = nar.Dump(mh, path)
-	}
-	if err != nil {
+	if err := nar.DumpContents(mh, path, m == storepath.Flat); err != nil {
 		return hash.Hash{}, err
 	}
 	return mh.Sum()

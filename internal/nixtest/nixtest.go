@@ -92,9 +92,24 @@ func Nix(t testing.TB, stdin []byte, name string, args ...string) []byte {
 // instead of failing the test.
 func Try(t testing.TB, stdin []byte, name string, args ...string) (stdout, stderr []byte, err error) {
 	t.Helper()
-	home := t.TempDir()
+	return TryEnv(Env(t.TempDir()), stdin, name, args...)
+}
+
+// RunEnv runs name with args in the environment env and returns its
+// standard output; a failure fails the test with its standard error.
+func RunEnv(t testing.TB, env []string, name string, args ...string) []byte {
+	t.Helper()
+	out, stderr, err := TryEnv(env, nil, name, args...)
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, stderr)
+	}
+	return out
+}
+
+// TryEnv is Try in the environment env.
+func TryEnv(env []string, stdin []byte, name string, args ...string) (stdout, stderr []byte, err error) {
 	cmd := exec.Command(name, args...)
-	cmd.Env = Env(home)
+	cmd.Env = env
 	if stdin != nil {
 		cmd.Stdin = bytes.NewReader(stdin)
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -342,4 +343,20 @@ func DumpRegular(w io.Writer, r io.Reader, size int64, executable bool) error {
 		return fmt.Errorf("nar: dump contents: %w", err)
 	}
 	return nw.Close()
+}
+
+// DumpContents writes what a content address of path hashes: the file's
+// contents when flat (FileIngestionMethod::Flat), else its NAR (Nix's
+// dumpPath or readFile for a store object's content address).
+func DumpContents(w io.Writer, path string, flat bool) error {
+	if !flat {
+		return Dump(w, path)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = io.Copy(w, f)
+	return err
 }

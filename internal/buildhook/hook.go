@@ -67,7 +67,7 @@ var settingAliases = map[string]string{
 // (hookapi.TryRequest.Settings), by Nix's names.
 var travelling = []string{"max-silent-time", "timeout", "max-build-log-size", "cores", "repeat",
 	"enforce-determinism", "keep-failed", "builders-use-substitutes", "connect-timeout", "system",
-	"system-features", "extra-platforms", "sandbox"}
+	"system-features", "extra-platforms", "sandbox", "experimental-features"}
 
 // NewConfig applies the records to base (nix.conf's settings; nil means
 // the defaults) as build-remote's settings.set does. A value ferry cannot

@@ -56,11 +56,14 @@ type hookEnv struct {
 	env    []string
 }
 
-func newHookEnv(t *testing.T) *hookEnv {
+func newHookEnv(t *testing.T) *hookEnv { return newHookEnvWith(t, nil) }
+
+// newHookEnvWith is newHookEnv with the sshd started with opts.
+func newHookEnvWith(t *testing.T, opts *sshtest.Options) *hookEnv {
 	t.Helper()
 	nixtest.RequireNix(t)
 	nixtest.Require(t, "ssh", "busybox")
-	e := &hookEnv{t: t, ferry: nixtest.FerryBin(t), sshd: sshtest.Start(t, nil), dir: t.TempDir()}
+	e := &hookEnv{t: t, ferry: nixtest.FerryBin(t), sshd: sshtest.Start(t, opts), dir: t.TempDir()}
 	// build-hook = .../ferry-build-hook, a symlink to ferry.
 	e.hook = filepath.Join(e.dir, "ferry-build-hook")
 	if err := os.Symlink(e.ferry, e.hook); err != nil {

@@ -281,6 +281,9 @@ func (l *Local) Build(ctx context.Context, req *hookapi.BuildRequest, log io.Wri
 	if !res.Result.Status.Success() {
 		return fail(res.Result.ErrorMsg)
 	}
+	if err := remote.RegisterRealisations(ctx, l.local, l.cfg.Settings, req.DrvPath, drv, res.Outputs); err != nil {
+		return fail(err.Error())
+	}
 	reply.Success = true
 	reply.Duration = time.Since(start)
 	return reply, nil

@@ -834,39 +834,7 @@ func TestRemoteBuildThroughScheduler(t *testing.T) {
 	}
 }
 
-// caGraphNix is a graph of content-addressed derivations (experimental
-// feature ca-derivations): a floating leaf with two outputs, one referring
-// to the other and to itself, that uses an input source; a floating
-// derivation on it (resolved before it is built); and an input-addressed
-// one on that, whose outputs are therefore deferred until it is resolved.
-const caGraphNix = `{ system }:
-let
-  mk = name: script: attrs: derivation ({ inherit name system; builder = "/bin/sh"; args = [ "-c" script ]; } // attrs);
-  ca = name: script: attrs: mk name script ({ __contentAddressed = true; outputHashMode = "recursive"; outputHashAlgo = "sha256"; } // attrs);
-  src = ./input.txt;
-  leaf = ca "ca-leaf" "mkdir $out $dev; echo $out > $out/self; cat ${src} > $out/src; echo $dev > $out/devref; echo dev > $dev/file; echo built ca-leaf" { outputs = [ "out" "dev" ]; };
-  onCA = ca "ca-on-ca" "mkdir $out; cat ${leaf}/src > $out/src; echo ${leaf} ${leaf.dev} > $out/refs; echo $out > $out/me" {};
-in mk "ia-deferred" "mkdir $out; cat ${onCA}/src > $out/src; echo ${onCA} > $out/ref" {}
-`
-
-// caConfig is nixtest.Config with ca-derivations on.
-const caConfig = nixtest.Config + "extra-experimental-features = ca-derivations\n"
-
-// caRealisations is the realisations of a store as sqlite3 prints them:
-// each with its output path, and the dependent realisations.
-const caRealisations = `select 'R', r.drvPath, r.outputName, v.path, r.signatures from Realisations r join ValidPaths v on v.id = r.outputPath order by 2, 3;
-select 'RR', a.drvPath || '!' || a.outputName, b.drvPath || '!' || b.outputName from RealisationsRefs x join Realisations a on a.id = x.referrer join Realisations b on b.id = x.realisationReference order by 2, 3;`
-
-func realisations(t *testing.T, st string) string {
-	t.Helper()
-	out, err := exec.Command("sqlite3", filepath.Join(st, "nix/var/nix/db/db.sqlite"), caRealisations).CombinedOutput()
-	if err != nil {
-		t.Fatalf("sqlite3 %s: %v\n%s", st, err, out)
-	}
-	return string(out)
-}
-
-// TestRemoteBuildCA builds caGraphNix with ferry build --builders -j 0 on
+// TestRemoteBuildCA builds nixtest.CAGraphNix with ferry build --builders -j 0 on
 // a ferry serve builder and, separately, on a real nix-store --serve
 // builder (both with ca-derivations on and listing the feature), and
 // compares each client store with a local nix-build's: the same output
@@ -880,11 +848,11 @@ func TestRemoteBuildCA(t *testing.T) {
 	e := newEnvWith(t, &sshtest.Options{Env: []string{"NIX_CONFIG=extra-experimental-features = ca-derivations"}})
 	for i, kv := range e.clEnv {
 		if strings.HasPrefix(kv, "NIX_CONFIG=") {
-			e.clEnv[i] = "NIX_CONFIG=" + caConfig
+			e.clEnv[i] = "NIX_CONFIG=" + nixtest.CAConfig
 		}
 	}
 	e.expr = filepath.Join(e.dir, "ca.nix")
-	if err := os.WriteFile(e.expr, []byte(caGraphNix), 0o644); err != nil {
+	if err := os.WriteFile(e.expr, []byte(nixtest.CAGraphNix), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	nixIn := func(args ...string) string {
@@ -901,7 +869,7 @@ func TestRemoteBuildCA(t *testing.T) {
 	ref := filepath.Join(e.dir, "ref")
 	refOut := nixIn("nix-build", "--store", ref, "--no-out-link", "--argstr", "system", e.system, e.expr)
 	want := nixtest.PathInfos(t, ref, "--recursive", refOut)
-	wantReal := realisations(t, ref)
+	wantReal := nixtest.Realisations(t, ref)
 	// The cases the test is about are there: floating outputs (with a
 	// self-reference) and realisations with dependent ones.
 	selfRef := false
@@ -957,7 +925,7 @@ func TestRemoteBuildCA(t *testing.T) {
 			if n := len(res["ca-leaf"].Outputs); n != 2 {
 				t.Errorf("ca-leaf has %d outputs in the results", n)
 			}
-			if gotReal := realisations(t, local); gotReal != wantReal {
+			if gotReal := nixtest.Realisations(t, local); gotReal != wantReal {
 				t.Errorf("realisations differ:\nnix-build:\n%s\nferry build --builders:\n%s", wantReal, gotReal)
 			}
 			if ds := drvFiles(t, b); len(ds) > 0 {

@@ -9,9 +9,11 @@ import (
 	"syscall"
 	"time"
 
+	"ferry/internal/build"
 	storecopy "ferry/internal/copy"
 	"ferry/internal/localstore"
 	"ferry/internal/serve"
+	"ferry/internal/settings"
 	"ferry/nix/derivation"
 	"ferry/nix/storepath"
 	"ferry/store"
@@ -196,4 +198,18 @@ func BuildOn(ctx context.Context, local *localstore.Store, machine string, sess 
 // other one is taken as the machine's.
 func isLocal(err error) bool {
 	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EROFS) || errors.Is(err, syscall.EDQUOT)
+}
+
+// RegisterRealisations records, with ca-derivations on in s, the
+// realisations of drv's outputs, built by a hook's machine and now valid
+// in local at outs: a floating content-addressed derivation's are known
+// only now, and Nix finds its outputs by them (build-remote registers
+// result.builtOutputs, build-remote.cc@2.8.0; Nix hands the hook a
+// resolved derivation); an input-addressed one's are its static outputs,
+// as Nix's checkPathValidity registers them.
+func RegisterRealisations(ctx context.Context, local *localstore.Store, s *settings.Settings, drvPath storepath.Path, drv *derivation.Derivation, outs map[string]storepath.Path) error {
+	if err := build.NewRealiser(local, s, drvPath, drv).RegisterBuilt(ctx, outs); err != nil {
+		return fmt.Errorf("register the realisations of '%s': %w", drvPath, err)
+	}
+	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -148,6 +149,13 @@ func (d *Daemon) buildOn(ctx context.Context, g *grant, p storepath.Path, drv *d
 			msg = res.Result.Status.String()
 		}
 		return fail(msg), nil
+	}
+	// Nix sent its experimental features: with ca-derivations, the
+	// realisations of what was built.
+	rs := settings.Default()
+	rs.ExperimentalFeatures = strings.Fields(g.req.Settings["experimental-features"])
+	if err := remote.RegisterRealisations(ctx, g.local, rs, p, drv, res.Outputs); err != nil {
+		return fail(err.Error()), nil
 	}
 	var received uint64
 	if infos, err := g.local.QueryPathInfos(ctx, res.Received); err == nil {

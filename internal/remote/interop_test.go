@@ -884,12 +884,47 @@ func TestRemoteBuildCA(t *testing.T) {
 		t.Fatalf("the reference store lacks the cases under test:\n%v\n%s", want, wantReal)
 	}
 
-	for _, c := range []struct{ name, program string }{{"ferry serve", e.ferry}, {"nix-store --serve", "nix-store"}} {
+	for _, c := range []struct {
+		name, program string
+		scheduler     bool
+	}{{"ferry serve", e.ferry, false}, {"nix-store --serve", "nix-store", false}, {"nix-store --serve through a scheduler", "nix-store", true}} {
 		t.Run(c.name, func(t *testing.T) {
 			local := filepath.Join(t.TempDir(), "local")
+			if c.scheduler {
+				// A short path: the scheduler's socket is in its state
+				// directory, and a unix socket's path is short.
+				dir, err := os.MkdirTemp("", "ca-")
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { os.RemoveAll(dir) })
+				local = filepath.Join(dir, "l")
+			}
 			b := filepath.Join(t.TempDir(), "b")
 			drv := nixIn("nix-instantiate", "--store", local, "--argstr", "system", e.system, e.expr)
 			ms := e.machine(c.program, b, "2 1 ca-derivations")
+			onMachine := "remote-store=" + b
+			if c.scheduler {
+				// The scheduler is handed the resolved derivations and
+				// registers their realisations; ferry build those of the
+				// originals.
+				cmd := exec.Command(e.ferry, "scheduler", "--state-dir", filepath.Join(local, "nix/var/nix"))
+				cmd.Env = e.clEnv
+				if err := cmd.Start(); err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+				for i := 0; ; i++ {
+					if _, err := os.Stat(filepath.Join(local, "nix/var/nix/ferry-scheduler.sock")); err == nil {
+						break
+					}
+					if i > 100 {
+						t.Fatal("no scheduler socket")
+					}
+					time.Sleep(50 * time.Millisecond)
+				}
+				onMachine = "ferry-scheduler"
+			}
 			r := e.ferryBuild(local, ms, nil, "-j", "0", drv)
 			if r.code != 0 {
 				t.Fatalf("ferry build: exit %d\n%s", r.code, r.stderr)
@@ -899,7 +934,7 @@ func TestRemoteBuildCA(t *testing.T) {
 				t.Errorf("%d results, want 3: %v", len(res), res)
 			}
 			for name, x := range res {
-				if x.Status != "Built" || !strings.Contains(x.Machine, "remote-store="+b) {
+				if x.Status != "Built" || !strings.Contains(x.Machine, onMachine) {
 					t.Errorf("%s: %s on %q (%s)", name, x.Status, x.Machine, x.ErrorMsg)
 				}
 			}

@@ -245,12 +245,6 @@ func newRun(ctx context.Context, local *localstore.Store, roots []storepath.Path
 				}
 			}
 			for _, f := range m.AllFeatures() {
-				// The scheduler's builds through ferry build-hook take
-				// no content-addressed derivation: those build locally
-				// (-j N) or are unbuildable.
-				if f == settings.CADerivations {
-					continue
-				}
 				if !seen["f:"+f] {
 					seen["f:"+f] = true
 					dm.SupportedFeatures = append(dm.SupportedFeatures, f)
@@ -554,27 +548,9 @@ func (r *run) start(a schedule.Assignment) {
 	}()
 }
 
-// attempt builds p on machine. A build through the ferry scheduler holds
-// the outputs' path locks throughout, as Nix's DerivationGoal does around
-// its build hook: the scheduler copies the outputs back without taking
-// them (Nix's locksHeld), so they must be held for it. A local build
-// takes them itself, and an in-process remote build takes them for each
-// copy back, as any add does.
+// attempt builds p on machine.
 func (r *run) attempt(machine string, serial int, p storepath.Path, d *derivation.Derivation) (o outcome) {
 	o = outcome{job: p, machine: machine, serial: serial}
-	if machine == DaemonMachine && !knownOutputs(d) {
-		// Never so: the scheduler machine lacks "ca-derivations".
-		o.err = fmt.Errorf("cannot build '%s' through the ferry scheduler: its outputs are not known in advance (content-addressed)", p)
-		return o
-	}
-	if machine == DaemonMachine {
-		unlock, err := r.lockOutputs(d)
-		if err != nil {
-			o.err = err
-			return o
-		}
-		defer unlock()
-	}
 	// Another attempt may have made the outputs valid meanwhile (a
 	// build moved off a machine that was only slow).
 	if outs, err := r.validOutputs(p, d); err == nil && outs != nil {
@@ -705,31 +681,9 @@ func MachineNames(ms []*machines.Machine) map[string]string {
 // are registered locally once they are copied back (buildCA).
 func (r *run) remote(pl *pool, p storepath.Path, d *derivation.Derivation, log io.Writer) (res *StepResult, connected bool, err error) {
 	step := &Step{DrvPath: p, Drv: d, Outputs: r.outputsOf, Settings: r.buildSettings(), Log: log}
-	var orig *build.Realiser
-	if !knownOutputs(d) && build.NeedsResolve(d) {
-		orig = build.NewRealiser(r.local, r.s, p, d)
-		rPath, rd, msg, err := orig.Resolve(r.ctx)
-		if err != nil {
-			return nil, false, err
-		}
-		if msg != "" {
-			return &StepResult{Result: &store.BuildResult{Status: store.MiscFailure, ErrorMsg: msg}}, false, nil
-		}
-		fmt.Fprintf(log, "resolved derivation: '%s' -> '%s'\n", p, rPath)
-		step.DrvPath, step.Drv = rPath, rd
-		// A resolved derivation valid already (another derivation
-		// resolved to it) is not built again: ResolvesToAlreadyValid,
-		// as Nix's resolvedFinished reports it.
-		outs, err := r.resolvedValid(rPath, rd)
-		if err != nil {
-			return nil, false, err
-		}
-		if outs != nil {
-			if err := r.registerCA(step, orig, outs); err != nil {
-				return nil, false, err
-			}
-			return &StepResult{Result: &store.BuildResult{Status: store.ResolvesToAlreadyValid, BuiltOutputs: outs}, Outputs: outs}, false, nil
-		}
+	orig, done, err := r.resolveCA(step, log)
+	if err != nil || done != nil {
+		return done, false, err
 	}
 	var sl *slot
 	select {
@@ -782,6 +736,39 @@ func (r *run) remote(pl *pool, p storepath.Path, d *derivation.Derivation, log i
 	return res, connected, err
 }
 
+// resolveCA resolves a floating or deferred derivation with input
+// derivations against the local realisations (build.Realiser, as a local
+// build does): step then names the resolved derivation, the one a
+// machine builds, and orig is the original's Realiser. A resolved
+// derivation valid already (another derivation resolved to it) is not
+// built again: done is its result, ResolvesToAlreadyValid, as Nix's
+// resolvedFinished reports it; a derivation that cannot be resolved gets
+// a failed one.
+func (r *run) resolveCA(step *Step, log io.Writer) (orig *build.Realiser, done *StepResult, err error) {
+	p, d := step.DrvPath, step.Drv
+	if knownOutputs(d) || !build.NeedsResolve(d) {
+		return nil, nil, nil
+	}
+	orig = build.NewRealiser(r.local, r.s, p, d)
+	rPath, rd, msg, err := orig.Resolve(r.ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	if msg != "" {
+		return nil, &StepResult{Result: &store.BuildResult{Status: store.MiscFailure, ErrorMsg: msg}}, nil
+	}
+	fmt.Fprintf(log, "resolved derivation: '%s' -> '%s'\n", p, rPath)
+	step.DrvPath, step.Drv = rPath, rd
+	outs, err := r.resolvedValid(rPath, rd)
+	if err != nil || outs == nil {
+		return orig, nil, err
+	}
+	if err := r.registerCA(step, orig, outs); err != nil {
+		return nil, nil, err
+	}
+	return orig, &StepResult{Result: &store.BuildResult{Status: store.ResolvesToAlreadyValid, BuiltOutputs: outs}, Outputs: outs}, nil
+}
+
 // resolvedValid gives the outputs of the resolved derivation rd at rPath
 // when they are valid locally (realised, for a floating one), else nil.
 func (r *run) resolvedValid(rPath storepath.Path, rd *derivation.Derivation) (map[string]storepath.Path, error) {
@@ -831,18 +818,39 @@ func (r *run) registerCA(step *Step, orig *build.Realiser, outs map[string]store
 // the local store and the outputs back into it. Its transport failing is
 // a *MachineError of DaemonMachine; its having no machine, or the build
 // failing, a failed result.
-func (r *run) viaDaemon(p storepath.Path, d *derivation.Derivation, log io.Writer) (*store.BuildResult, error) {
+func (r *run) viaDaemon(p0 storepath.Path, d0 *derivation.Derivation, log io.Writer) (*store.BuildResult, error) {
 	fail := func(err error) (*store.BuildResult, error) {
 		if r.ctx.Err() != nil {
 			return nil, r.ctx.Err()
 		}
 		return nil, &MachineError{Machine: DaemonMachine, Err: err}
 	}
+	// A content-addressed derivation goes resolved, as Nix hands its
+	// hook the resolved one; the scheduler registers the realisations of
+	// what it builds, and then the original's are registered here.
+	step := &Step{DrvPath: p0, Drv: d0}
+	orig, done, err := r.resolveCA(step, log)
+	if err != nil || done != nil {
+		if done != nil {
+			return done.Result, nil
+		}
+		return nil, err
+	}
+	p, d := step.DrvPath, step.Drv
+	// The outputs' path locks are held throughout, as Nix's
+	// DerivationGoal holds them around its build hook: the scheduler
+	// copies the outputs back without taking them (Nix's locksHeld).
+	unlock, err := r.lockOutputs(d)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	settings := map[string]string{
 		"max-silent-time":          fmt.Sprint(int64(r.s.MaxSilentTime.Seconds())),
 		"timeout":                  fmt.Sprint(int64(r.s.Timeout.Seconds())),
 		"max-log-size":             fmt.Sprint(r.s.MaxLogSize),
 		"builders-use-substitutes": strconv.FormatBool(r.s.BuildersUseSubstitutes),
+		"experimental-features":    strings.Join(r.s.ExperimentalFeatures, " "),
 	}
 	for {
 		first, err := r.opts.Daemon(r.ctx)
@@ -853,7 +861,7 @@ func (r *run) viaDaemon(p storepath.Path, d *derivation.Derivation, log io.Write
 		// once one answers, as ferry build-hook does.
 		sch := hookapi.NewResilient(first, r.redialDaemon, func(m string) { r.say("%s", m) })
 		rep, err := sch.Try(r.ctx, &hookapi.TryRequest{Store: r.opts.StoreURI, Builders: r.opts.Builders, System: d.Platform,
-			DrvPath: p, Features: strings.Fields(d.Env["requiredSystemFeatures"]), Settings: settings})
+			DrvPath: p, Features: requiredFeatures(d), Settings: settings})
 		if err != nil {
 			sch.Release()
 			return fail(err)
@@ -873,7 +881,21 @@ func (r *run) viaDaemon(p storepath.Path, d *derivation.Derivation, log io.Write
 			if !br.Success {
 				return &store.BuildResult{Status: store.PermanentFailure, ErrorMsg: br.Message}, nil
 			}
-			return &store.BuildResult{Status: store.Built, BuiltOutputs: d.OutputPaths()}, nil
+			outs := d.OutputPaths()
+			if !knownOutputs(d) {
+				if outs, err = build.NewRealiser(r.local, r.s, p, d).Realised(r.ctx); err == nil && outs == nil {
+					err = fmt.Errorf("the ferry scheduler built '%s' but registered no realisations of its outputs", p)
+				}
+				if err != nil {
+					return nil, err
+				}
+			}
+			if orig != nil {
+				if err := orig.RegisterResolved(context.WithoutCancel(r.ctx), outs); err != nil {
+					return nil, err
+				}
+			}
+			return &store.BuildResult{Status: store.Built, BuiltOutputs: outs}, nil
 		case hookapi.Postpone:
 			sch.Release()
 			select {

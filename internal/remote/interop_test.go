@@ -99,6 +99,47 @@ func (e *env) machine(program, store, rest string) string {
 	return e.sshd.Machine(program, store, e.system, rest)
 }
 
+// startScheduler runs ferry scheduler on stateDir until the test ends
+// and waits for its socket; its log is the buffer.
+func (e *env) startScheduler(stateDir string) (*exec.Cmd, *syncBuffer) {
+	e.t.Helper()
+	cmd := exec.Command(e.ferry, "scheduler", "--state-dir", stateDir)
+	cmd.Env = e.clEnv
+	log := &syncBuffer{}
+	cmd.Stderr = log
+	if err := cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	for i := 0; ; i++ {
+		if _, err := os.Stat(filepath.Join(stateDir, "ferry-scheduler.sock")); err == nil {
+			return cmd, log
+		}
+		if i > 200 {
+			e.t.Fatalf("no scheduler socket in %s:\n%s", stateDir, log.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a writing process and a reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
 // script writes an executable shell script.
 func (e *env) script(name, body string) string {
 	p := filepath.Join(e.dir, name)
@@ -699,24 +740,7 @@ func TestRemoteBuildThroughScheduler(t *testing.T) {
 	local := filepath.Join(e.dir, "local")
 	drv := e.instantiate(local)
 	stateDir := filepath.Join(local, "nix/var/nix")
-	cmd := exec.Command(e.ferry, "scheduler", "--state-dir", stateDir)
-	cmd.Env = e.clEnv
-	var daemonLog bytes.Buffer
-	cmd.Stderr = &daemonLog
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	sock := filepath.Join(stateDir, "ferry-scheduler.sock")
-	for i := 0; ; i++ {
-		if _, err := os.Stat(sock); err == nil {
-			break
-		}
-		if i > 100 {
-			t.Fatalf("no scheduler socket:\n%s", daemonLog.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	cmd, daemonLog := e.startScheduler(stateDir)
 	b1, b2, b3 := filepath.Join(e.dir, "b1"), filepath.Join(e.dir, "b2"), filepath.Join(e.dir, "b3")
 	ms := strings.Join([]string{
 		e.machine(e.ferry, b1, "2 1"),
@@ -817,12 +841,7 @@ func TestRemoteBuildThroughScheduler(t *testing.T) {
 	}
 	cmd.Process.Kill()
 	cmd.Wait()
-	cmd2 := exec.Command(e.ferry, "scheduler", "--state-dir", stateDir)
-	cmd2.Env = e.clEnv
-	if err := cmd2.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd2.Process.Kill(); cmd2.Wait() })
+	e.startScheduler(stateDir)
 	// One attempt: the build was asked again of the restarted scheduler,
 	// not failed and rescheduled after the scheduler's back-off.
 	if r := <-done; r.code != 0 || r.byName()["slow"].Machine != "ferry-scheduler" || r.byName()["slow"].Attempts != 1 ||
@@ -908,21 +927,7 @@ func TestRemoteBuildCA(t *testing.T) {
 				// The scheduler is handed the resolved derivations and
 				// registers their realisations; ferry build those of the
 				// originals.
-				cmd := exec.Command(e.ferry, "scheduler", "--state-dir", filepath.Join(local, "nix/var/nix"))
-				cmd.Env = e.clEnv
-				if err := cmd.Start(); err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-				for i := 0; ; i++ {
-					if _, err := os.Stat(filepath.Join(local, "nix/var/nix/ferry-scheduler.sock")); err == nil {
-						break
-					}
-					if i > 100 {
-						t.Fatal("no scheduler socket")
-					}
-					time.Sleep(50 * time.Millisecond)
-				}
+				e.startScheduler(filepath.Join(local, "nix/var/nix"))
 				onMachine = "ferry-scheduler"
 			}
 			r := e.ferryBuild(local, ms, nil, "-j", "0", drv)

@@ -793,8 +793,13 @@ func TestStartConcurrently(t *testing.T) {
 	}
 	defer os.RemoveAll(stateDir)
 	defer func() {
+		// Stop the scheduler, and wait for it to be gone: it saves its
+		// state as it ends, which must not outlive the directory.
 		if st, err := schedd.GetStatus(context.Background(), schedd.SocketPath(stateDir)); err == nil {
 			syscall.Kill(st.PID, syscall.SIGTERM)
+			for i := 0; i < 200 && syscall.Kill(st.PID, 0) == nil; i++ {
+				time.Sleep(50 * time.Millisecond)
+			}
 		}
 	}()
 	const n = 8

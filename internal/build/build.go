@@ -261,7 +261,7 @@ func (b *builder) run(ctx context.Context, res *store.BuildResult) (store.BuildS
 	}
 	res.BuiltOutputs = outs
 	if len(valid) == len(outPaths) {
-		if err := b.staticRealisations(ctx, outs); err != nil {
+		if err := b.staticRealisations(ctx, outs, false); err != nil {
 			return 0, "", err
 		}
 		locks.SetDeletion(true)
@@ -291,13 +291,19 @@ func (b *builder) run(ctx context.Context, res *store.BuildResult) (store.BuildS
 		}
 		return status, msg, err
 	}
+	if err := b.sign(infos); err != nil {
+		for _, p := range realOuts {
+			storefs.Delete(p)
+		}
+		return 0, "", err
+	}
 	if err := st.RegisterValidPaths(ctx, infos); err != nil {
 		for _, p := range realOuts {
 			storefs.Delete(p)
 		}
 		return 0, "", fmt.Errorf("register outputs of '%s': %w", b.drvPath, err)
 	}
-	if err := b.staticRealisations(ctx, outs); err != nil {
+	if err := b.staticRealisations(ctx, outs, true); err != nil {
 		return 0, "", err
 	}
 	locks.SetDeletion(true)

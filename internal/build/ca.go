@@ -93,7 +93,7 @@ func (b *builder) realised(ctx context.Context, hashes map[string]hash.Hash) (ma
 // ones included (the end of registerOutputs), and for valid
 // input-addressed outputs that have none (checkPathValidity). An existing
 // realisation with the same path is kept.
-func (b *builder) registerRealisations(ctx context.Context, hashes map[string]hash.Hash, outs map[string]storepath.Path, dependent map[string]map[derivation.DrvOutput]storepath.Path) error {
+func (b *builder) registerRealisations(ctx context.Context, hashes map[string]hash.Hash, outs map[string]storepath.Path, dependent map[string]map[derivation.DrvOutput]storepath.Path, sign bool) error {
 	if !b.caEnabled() {
 		return nil
 	}
@@ -111,6 +111,11 @@ func (b *builder) registerRealisations(ctx context.Context, hashes map[string]ha
 			return fmt.Errorf("derivation '%s' has no hash for output '%s'", b.drvPath, name)
 		}
 		r := &derivation.Realisation{ID: derivation.DrvOutput{DrvHash: h, Output: name}, OutPath: outs[name], Dependent: dependent[name]}
+		if sign {
+			if err := b.signRealisation(r); err != nil {
+				return err
+			}
+		}
 		if err := b.st.RegisterRealisation(ctx, r); err != nil {
 			return err
 		}
@@ -121,7 +126,7 @@ func (b *builder) registerRealisations(ctx context.Context, hashes map[string]ha
 // staticRealisations registers the realisations of the valid outputs of
 // an input-addressed or fixed-output derivation that has none, as Nix's
 // checkPathValidity does when ca-derivations is on.
-func (b *builder) staticRealisations(ctx context.Context, outs map[string]storepath.Path) error {
+func (b *builder) staticRealisations(ctx context.Context, outs map[string]storepath.Path, sign bool) error {
 	if !b.caEnabled() {
 		return nil
 	}
@@ -129,7 +134,7 @@ func (b *builder) staticRealisations(ctx context.Context, outs map[string]storep
 	if err != nil {
 		return err
 	}
-	return b.registerRealisations(ctx, hashes, outs, nil)
+	return b.registerRealisations(ctx, hashes, outs, nil, sign)
 }
 
 // needsResolve says whether d must be resolved before it is built (Nix
@@ -278,7 +283,7 @@ func (b *builder) registerResolved(ctx context.Context, hashes map[string]hash.H
 		}
 		dependent[name] = deps
 	}
-	return "", b.registerRealisations(ctx, hashes, outs, dependent)
+	return "", b.registerRealisations(ctx, hashes, outs, dependent, true)
 }
 
 // outputReferences is Nix's drvOutputReferences: the realisations of the
@@ -436,6 +441,9 @@ func (b *builder) runFloating(ctx context.Context, res *store.BuildResult) (stor
 	}
 	finalLocks := rb.finalLocks
 	defer finalLocks.Unlock()
+	if err := b.sign(infos); err != nil {
+		return 0, "", err
+	}
 	if err := st.RegisterValidPaths(ctx, infos); err != nil {
 		return 0, "", fmt.Errorf("register outputs of '%s': %w", b.drvPath, err)
 	}
@@ -444,7 +452,7 @@ func (b *builder) runFloating(ctx context.Context, res *store.BuildResult) (stor
 		outs[name] = p
 	}
 	res.BuiltOutputs = outs
-	if err := b.registerRealisations(ctx, hashes, outs, nil); err != nil {
+	if err := b.registerRealisations(ctx, hashes, outs, nil, true); err != nil {
 		return 0, "", err
 	}
 	finalLocks.SetDeletion(true)

@@ -263,3 +263,50 @@ func scanCandidates(closure []storepath.Path, outs map[string]storepath.Path) (m
 	}
 	return byHash, parts
 }
+
+// sign adds to each built output's info the signatures of the
+// secret-key-files keys, as Nix's registerOutputs does with
+// LocalStore::signPathInfo (src/libstore/build/local-derivation-goal.cc,
+// src/libstore/local-store.cc@2.8.0): a key file that cannot be read
+// fails the build.
+func (b *builder) sign(infos []*store.PathInfo) error {
+	if len(b.s.SecretKeyFiles) == 0 {
+		return nil
+	}
+	keys, err := b.s.SecretKeys()
+	if err != nil {
+		return fmt.Errorf("sign the outputs of '%s': %w", b.drvPath, err)
+	}
+	for _, info := range infos {
+		for _, k := range keys {
+			sig, err := k.SignPath(info.Path, info.NarHash, info.NarSize, info.References)
+			if err != nil {
+				return fmt.Errorf("sign '%s': %w", info.Path, err)
+			}
+			info.Sigs = append(info.Sigs, sig)
+		}
+	}
+	return nil
+}
+
+// signRealisation adds the secret-key-files keys' signatures to r, as
+// LocalDerivationGoal::signRealisation does for realisations of local
+// builds and of resolved derivations (not of those a build hook
+// registers).
+func (b *builder) signRealisation(r *derivation.Realisation) error {
+	if len(b.s.SecretKeyFiles) == 0 {
+		return nil
+	}
+	keys, err := b.s.SecretKeys()
+	if err != nil {
+		return fmt.Errorf("sign the realisations of '%s': %w", b.drvPath, err)
+	}
+	fp, err := r.Fingerprint()
+	if err != nil {
+		return err
+	}
+	for _, k := range keys {
+		r.Signatures = append(r.Signatures, k.Sign(fp))
+	}
+	return nil
+}

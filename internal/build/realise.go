@@ -126,7 +126,7 @@ func (r *Realiser) RegisterBuilt(ctx context.Context, outs map[string]storepath.
 		return err
 	}
 	if HasKnownOutputPaths(t) {
-		return r.b.staticRealisations(ctx, r.b.drv.OutputPaths())
+		return r.b.staticRealisations(ctx, r.b.drv.OutputPaths(), false)
 	}
 	for _, name := range r.b.drv.OutputNames() {
 		if _, ok := outs[name]; !ok {
@@ -137,7 +137,7 @@ func (r *Realiser) RegisterBuilt(ctx context.Context, outs map[string]storepath.
 	if err != nil {
 		return err
 	}
-	return r.b.registerRealisations(ctx, hashes, outs, nil)
+	return r.b.registerRealisations(ctx, hashes, outs, nil, false)
 }
 
 // RegisterResolved records the realisations of the derivation's outputs

@@ -198,6 +198,9 @@ func (b *builder) repair(ctx context.Context, res *store.BuildResult) (store.Bui
 	if err := storefs.Sync(st.RealDir()); err != nil {
 		return 0, "", err
 	}
+	if err := b.sign(infos); err != nil {
+		return 0, "", err
+	}
 	if err := st.RegisterValidPaths(ctx, infos); err != nil {
 		return 0, "", fmt.Errorf("register outputs of '%s': %w", b.drvPath, err)
 	}

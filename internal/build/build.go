@@ -113,7 +113,11 @@ func drive(ctx context.Context, st *localstore.Store, drvPath storepath.Path, d 
 	// The post-build hook runs once the outputs are registered, and its
 	// failure fails the build but leaves them valid (hook.go).
 	if status == store.Built {
-		if err := b.postBuildHook(ctx, res.BuiltOutputs); err != nil {
+		err := b.hookErr
+		if !b.hookRan {
+			err = b.postBuildHook(ctx, res.BuiltOutputs)
+		}
+		if err != nil {
 			res.Status = store.MiscFailure
 			res.ErrorMsg = err.Error()
 			res.BuiltOutputs = nil
@@ -138,6 +142,11 @@ type builder struct {
 	// locks (checkFloatingOutputs).
 	finals     map[string]storepath.Path
 	finalLocks lockSet
+	// hookRan is set once the post-build hook ran for this build, with
+	// hookErr its outcome: it runs while the outputs' locks are held, as
+	// in Nix's buildDone (hooked).
+	hookRan bool
+	hookErr error
 }
 
 // name is how Nix's messages name the goal (DerivationGoal::name).
@@ -306,6 +315,7 @@ func (b *builder) run(ctx context.Context, res *store.BuildResult) (store.BuildS
 	if err := b.staticRealisations(ctx, outs, true); err != nil {
 		return 0, "", err
 	}
+	b.hooked(ctx, outs)
 	locks.SetDeletion(true)
 	return store.Built, "", nil
 }

@@ -455,6 +455,7 @@ func (b *builder) runFloating(ctx context.Context, res *store.BuildResult) (stor
 	if err := b.registerRealisations(ctx, hashes, outs, nil, true); err != nil {
 		return 0, "", err
 	}
+	b.hooked(ctx, outs)
 	finalLocks.SetDeletion(true)
 	locks.SetDeletion(true)
 	return store.Built, "", nil

@@ -91,6 +91,14 @@ func isQuiet(w io.Writer) bool {
 // hookMu runs one hook at a time in a process, as Nix's worker does.
 var hookMu sync.Mutex
 
+// hooked runs the post-build hook for outs while the build still holds
+// the outputs' locks, right after registering them, as Nix's buildDone
+// runs it before it unlocks; drive reports its outcome.
+func (b *builder) hooked(ctx context.Context, outs map[string]storepath.Path) {
+	b.hookErr = b.postBuildHook(ctx, outs)
+	b.hookRan = true
+}
+
 // postBuildHook runs the configured hook for the outputs outs of a
 // successful build. It returns nil when no hook is set or the hook
 // succeeded, a *HookError when it failed, and another error when ctx

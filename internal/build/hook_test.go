@@ -233,3 +233,24 @@ func TestNoPostBuildHook(t *testing.T) {
 		t.Errorf("%+v %v %q", res, err, log.String())
 	}
 }
+
+// TestPostBuildHookUnderLocks: the hook runs while the build holds its
+// outputs' path locks, as Nix's buildDone runs it before unlocking: a
+// flock of the output's lock file from the hook fails.
+func TestPostBuildHookUnderLocks(t *testing.T) {
+	requireSandbox(t)
+	nixtest.Require(t, "flock")
+	st := openStore(t)
+	d := makeDrv(t, st, drvSpec{name: "locked-hook", script: `echo > $out`})
+	lockFile := st.RealPath(d.OutputPaths()["out"]) + ".lock"
+	hook, dir := writeHook(t, fmt.Sprintf("#!/bin/sh\nif flock -n %q true; then echo free; else echo held; fi > \"$(dirname \"$0\")/lock\"\n", lockFile))
+	s := testSettings()
+	s.PostBuildHook = hook
+	res, err := Build(context.Background(), st, drvPathOf(t, st, d), d, &Options{Settings: s})
+	if err != nil || res.Status != store.Built {
+		t.Fatalf("build: %+v %v", res, err)
+	}
+	if got := readFile(t, filepath.Join(dir, "lock")); got != "held\n" {
+		t.Errorf("the output's lock was %q while the hook ran, want held", got)
+	}
+}

@@ -204,6 +204,7 @@ func (b *builder) repair(ctx context.Context, res *store.BuildResult) (store.Bui
 	if err := st.RegisterValidPaths(ctx, infos); err != nil {
 		return 0, "", fmt.Errorf("register outputs of '%s': %w", b.drvPath, err)
 	}
+	b.hooked(ctx, b.drv.OutputPaths())
 	locks.SetDeletion(true)
 	return store.Built, "", nil
 }

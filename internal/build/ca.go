@@ -137,6 +137,31 @@ func (b *builder) staticRealisations(ctx context.Context, outs map[string]storep
 	return b.registerRealisations(ctx, hashes, outs, nil, sign)
 }
 
+// staticRealisation registers and returns the realisation id of d, an
+// input derivation with known output paths whose output is valid; nil
+// when d's outputs are not known in advance or that output is not valid.
+func (b *builder) staticRealisation(ctx context.Context, d *derivation.Derivation, id derivation.DrvOutput) (*derivation.Realisation, error) {
+	t, err := d.Type()
+	if err != nil || !HasKnownOutputPaths(t) {
+		return nil, nil
+	}
+	p, ok := d.OutputPaths()[id.Output]
+	if !ok || p == "" {
+		return nil, nil
+	}
+	if err := b.st.AddTempRoot(ctx, p); err != nil {
+		return nil, err
+	}
+	if valid, err := b.st.QueryValidPaths(ctx, []storepath.Path{p}); err != nil || len(valid) == 0 {
+		return nil, err
+	}
+	r := &derivation.Realisation{ID: id, OutPath: p}
+	if err := b.st.RegisterRealisation(ctx, r); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
 // needsResolve says whether d must be resolved before it is built (Nix
 // 2.8's DerivationGoal::inputsRealised): a floating or deferred
 // derivation with input derivations.
@@ -306,9 +331,19 @@ func (b *builder) outputReferences(ctx context.Context, p storepath.Path) (map[d
 			return nil, err
 		}
 		for _, o := range b.drv.InputDrvs[dp] {
-			r, err := b.st.QueryRealisation(ctx, derivation.DrvOutput{DrvHash: h.Hashes[o], Output: o})
+			id := derivation.DrvOutput{DrvHash: h.Hashes[o], Output: o}
+			r, err := b.st.QueryRealisation(ctx, id)
 			if err != nil {
 				return nil, err
+			}
+			if r == nil {
+				// An input-addressed or fixed-output input built before
+				// ca-derivations was on has none: Nix's goal for it
+				// registers it once it finds the output valid
+				// (checkPathValidity), so register it here.
+				if r, err = b.staticRealisation(ctx, d, id); err != nil {
+					return nil, err
+				}
 			}
 			if r == nil {
 				return nil, fmt.Errorf("output '%s' of derivation '%s' isn't built", o, dp)

@@ -38,7 +38,7 @@ in rec {
 `, system, system)
 }
 
-// caEnv is nixtest.Env with caConfig.
+// caEnv is nixtest.Env with nixtest.CAConfig.
 func caEnv(dir string) []string {
 	var env []string
 	for _, kv := range nixtest.Env(dir) {

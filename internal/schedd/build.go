@@ -77,7 +77,11 @@ func (d *Daemon) buildOn(ctx context.Context, g *grant, p storepath.Path, drv *d
 		d.recordFailure(Failure{Time: time.Now(), DrvPath: p, Machine: uri, Message: msg})
 		return &hookapi.BuildReply{Success: false, Machine: uri, Message: fmt.Sprintf("build of '%s' on '%s' failed: %s", p, uri, msg)}
 	}
-	s, err := d.session(ctx, ms, g.local)
+	s, err := g.sess, error(nil)
+	g.sess = nil
+	if s == nil {
+		s, err = d.session(ctx, ms, g.local)
+	}
 	if err != nil {
 		var me *remote.MachineError
 		if errors.As(err, &me) {

@@ -432,8 +432,11 @@ func (d *Daemon) loadFor(st *localstore.Store) (*machines.Load, error) {
 // grant is a slot held for one connection between an accept and its
 // release.
 type grant struct {
-	ms     *mstate
-	slot   *machines.Slot
+	ms   *mstate
+	slot *machines.Slot
+	// sess is the session opened (or taken idle) for the grant before
+	// its accept; its build uses it.
+	sess   *session
 	probe  bool
 	local  *localstore.Store
 	load   *machines.Load
@@ -557,6 +560,10 @@ func waitChange(ctx context.Context, changed <-chan struct{}) error {
 func (d *Daemon) release(g *grant) {
 	if g == nil {
 		return
+	}
+	if s := g.sess; s != nil {
+		g.sess = nil
+		d.putSession(g.ms, s)
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -757,6 +764,24 @@ func (d *Daemon) try(ctx context.Context, c *conn, req *hookapi.TryRequest) (*ho
 			return nil, err
 		}
 		if g != nil {
+			// Connected before the accept, as Nix's build-remote does,
+			// so that the machine Nix then names ("building … on …") is
+			// one that answers: one that does not is backed off and
+			// another picked. The session is the grant's own, so a
+			// machine never has more sessions than slots.
+			sess, err := d.session(ctx, g.ms, local)
+			var me *remote.MachineError
+			if errors.As(err, &me) {
+				d.metrics.connectFailures.WithLabelValues(g.ms.m.URI).Inc()
+				d.machineFailed(g.ms, me)
+				d.release(g)
+				continue
+			}
+			if err != nil {
+				d.release(g)
+				return nil, err
+			}
+			g.sess = sess
 			d.metrics.queueWait.Observe(time.Since(t0).Seconds())
 			c.grant = g
 			return &hookapi.TryReply{Decision: hookapi.Accept, Machine: g.ms.m.URI}, nil

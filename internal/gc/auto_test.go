@@ -5,33 +5,15 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"ferry/internal/db"
 	"ferry/internal/localstore"
+	"ferry/internal/nixtest"
 	"ferry/nix/storepath"
 )
-
-// syncBuffer is a log safe for the collector's goroutine.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // garbageStore makes a store with n unreferenced paths and opens it.
 func garbageStore(t *testing.T, n int) (*localstore.Store, []storepath.Path) {
@@ -50,7 +32,7 @@ func TestAutoCollect(t *testing.T) {
 	s, garbage := garbageStore(t, 3)
 	ctx := context.Background()
 	var free atomic.Uint64
-	log := &syncBuffer{}
+	log := &nixtest.SyncBuffer{}
 	a := NewAuto(s, &AutoOptions{
 		MinFree: 1000, MaxFree: 5000, Log: log, noRuntimeRoots: true,
 		FreeSpace: func() (uint64, error) { return free.Load(), nil },
@@ -85,9 +67,7 @@ func TestAutoCollect(t *testing.T) {
 
 	// Still 600 free after the collection: no new one until free space
 	// drops more than 3% below that.
-	log.mu.Lock()
-	log.b.Reset()
-	log.mu.Unlock()
+	log.Reset()
 	free.Store(590)
 	a.CheckWait(ctx)
 	if log.String() != "" {
@@ -144,7 +124,7 @@ func TestAutoDisabled(t *testing.T) {
 // one; CheckWait waits for the running one.
 func TestAutoOneAtATime(t *testing.T) {
 	s, _ := garbageStore(t, 2)
-	log := &syncBuffer{}
+	log := &nixtest.SyncBuffer{}
 	a := NewAuto(s, &AutoOptions{
 		MinFree: 1000, MaxFree: 5000, noRuntimeRoots: true, Log: log,
 		FreeSpace: func() (uint64, error) { return 10, nil },

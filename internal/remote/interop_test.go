@@ -101,11 +101,11 @@ func (e *env) machine(program, store, rest string) string {
 
 // startScheduler runs ferry scheduler on stateDir until the test ends
 // and waits for its socket; its log is the buffer.
-func (e *env) startScheduler(stateDir string) (*exec.Cmd, *syncBuffer) {
+func (e *env) startScheduler(stateDir string) (*exec.Cmd, *nixtest.SyncBuffer) {
 	e.t.Helper()
 	cmd := exec.Command(e.ferry, "scheduler", "--state-dir", stateDir)
 	cmd.Env = e.clEnv
-	log := &syncBuffer{}
+	log := &nixtest.SyncBuffer{}
 	cmd.Stderr = log
 	if err := cmd.Start(); err != nil {
 		e.t.Fatal(err)
@@ -120,24 +120,6 @@ func (e *env) startScheduler(stateDir string) (*exec.Cmd, *syncBuffer) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for a writing process and a reader.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // script writes an executable shell script.

@@ -105,7 +105,7 @@ func (e *env) parse(spec string) []*machines.Machine {
 }
 
 // daemon runs an in-process scheduler on a temporary socket.
-func (e *env) daemon(opts schedd.Options) (*schedd.Daemon, *bytes.Buffer) {
+func (e *env) daemon(opts schedd.Options) (*schedd.Daemon, *nixtest.SyncBuffer) {
 	e.t.Helper()
 	if opts.StateDir == "" {
 		d, err := os.MkdirTemp("", "schedd-")
@@ -115,7 +115,7 @@ func (e *env) daemon(opts schedd.Options) (*schedd.Daemon, *bytes.Buffer) {
 		e.t.Cleanup(func() { os.RemoveAll(d) })
 		opts.StateDir = d
 	}
-	log := &syncBuffer{}
+	log := &nixtest.SyncBuffer{}
 	opts.Log = log
 	d, err := schedd.Listen(opts)
 	if err != nil {
@@ -130,18 +130,7 @@ func (e *env) daemon(opts schedd.Options) (*schedd.Daemon, *bytes.Buffer) {
 			e.t.Errorf("Serve: %v", err)
 		}
 	})
-	return d, &log.b
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
+	return d, log
 }
 
 type built struct {

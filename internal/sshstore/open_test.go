@@ -19,7 +19,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -205,24 +204,6 @@ func TestPrintable(t *testing.T) {
 	if got := printable(strings.Repeat("x", 2000)); len(got) != 515 || !strings.HasSuffix(got, "...") {
 		t.Errorf("printable of 2000 bytes: %d bytes, want 512 and ...", len(got))
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for the store's log goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 // peer writes a shell script that first appends its pid to a file, then
@@ -482,7 +463,7 @@ func testBadPeer(t *testing.T, tc badPeer, lazy bool) {
 			if opts == nil {
 				opts = &store.OpenOptions{}
 			}
-			log := &syncBuffer{}
+			log := &nixtest.SyncBuffer{}
 			o := *opts
 			o.Log = log
 			o.LazyHandshake = lazy
@@ -544,7 +525,7 @@ func TestOpenCancel(t *testing.T) {
 // and goes on; so does Open, in the log.
 func TestOpenUnknownSetting(t *testing.T) {
 	prog, _ := peer(t, "exit 0")
-	log := &syncBuffer{}
+	log := &nixtest.SyncBuffer{}
 	uri := "ssh://localhost?remote-program=" + prog + "&zzz=1&frobnicate=yes&priority=10"
 	st, err := store.Open(context.Background(), uri, &store.OpenOptions{Log: log})
 	if err == nil {
@@ -604,7 +585,7 @@ func TestRemoteStderr(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "store")
 	p := addPath(t, dir)
 	prog, pidFile := peer(t, fmt.Sprintf("echo 'first line' >&2\nprintf 'second line\\n\\n third\\n' >&2\nexec '%s' serve --write --store '%s'", ferry, dir))
-	log := &syncBuffer{}
+	log := &nixtest.SyncBuffer{}
 	checkSession(t, "ssh://localhost?remote-program="+url.QueryEscape(prog), &store.OpenOptions{Log: log}, p)
 	want := "localhost> first line\nlocalhost> second line\nlocalhost> \nlocalhost>  third\n"
 	if got := log.String(); got != want {

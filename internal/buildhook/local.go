@@ -293,15 +293,12 @@ func (l *Local) Build(ctx context.Context, req *hookapi.BuildRequest, log io.Wri
 // lock.
 func (l *Local) upload(ctx context.Context, m *machines.Machine, sess remote.Session, inputs []storepath.Path) error {
 	done := l.activity(LvlTalkative, fmt.Sprintf("waiting for the upload lock to '%s'", m.URI))
-	ul, hogged, err := l.load.UploadLockWait(ctx, m, l.opts.UploadWait)
+	release, err := remote.UploadLock(l.load, m, l.opts.UploadWait, func(msg string) { l.message(LvlError, msg) })(ctx)
 	done()
 	if err != nil {
 		return err
 	}
-	if hogged {
-		l.message(LvlError, fmt.Sprintf("somebody is hogging the upload lock for '%s', continuing...", m.URI))
-	}
-	defer ul.Release()
+	defer release()
 	done = l.activity(LvlTalkative, fmt.Sprintf("copying dependencies to '%s'", m.URI))
 	defer done()
 	if _, err := storecopy.Copy(ctx, l.local, sess, inputs, &storecopy.Options{Substitute: l.cfg.Settings.BuildersUseSubstitutes}); err != nil {

@@ -12,6 +12,7 @@ import (
 	"ferry/internal/build"
 	storecopy "ferry/internal/copy"
 	"ferry/internal/localstore"
+	"ferry/internal/machines"
 	"ferry/internal/serve"
 	"ferry/internal/settings"
 	"ferry/nix/derivation"
@@ -212,4 +213,21 @@ func RegisterRealisations(ctx context.Context, local *localstore.Store, s *setti
 		return fmt.Errorf("register the realisations of '%s': %w", drvPath, err)
 	}
 	return nil
+}
+
+// UploadLock is a Step's Upload: m's upload lock in load, waited for as
+// build-remote waits for it (wait, zero meaning 15 minutes), after which
+// the upload goes on without it and hog hears build-remote's "somebody
+// is hogging the upload lock" message.
+func UploadLock(load *machines.Load, m *machines.Machine, wait time.Duration, hog func(string)) func(context.Context) (func(), error) {
+	return func(ctx context.Context) (func(), error) {
+		ul, hogged, err := load.UploadLockWait(ctx, m, wait)
+		if err != nil {
+			return nil, err
+		}
+		if hogged {
+			hog(fmt.Sprintf("somebody is hogging the upload lock for '%s', continuing...", m.URI))
+		}
+		return func() { ul.Release() }, nil
+	}
 }

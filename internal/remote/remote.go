@@ -711,16 +711,7 @@ func (r *run) remote(pl *pool, p storepath.Path, d *derivation.Derivation, log i
 	// Nix's upload lock of the machine, as build-remote takes it: one
 	// upload to a machine at a time, shared with Nix's hooks, so a second
 	// finds what the first sent.
-	step.Upload = func(ctx context.Context) (func(), error) {
-		ul, hogged, err := r.load.UploadLockWait(ctx, pl.m, 0)
-		if err != nil {
-			return nil, err
-		}
-		if hogged {
-			r.say("somebody is hogging the upload lock for '%s', continuing...", pl.m.URI)
-		}
-		return func() { ul.Release() }, nil
-	}
+	step.Upload = UploadLock(r.load, pl.m, 0, func(msg string) { r.say("%s", msg) })
 	if r.opts.Progress != nil {
 		step.Copy = r.opts.Progress.Copying(p, pl.m.URI)
 	}

@@ -107,16 +107,7 @@ func (d *Daemon) buildOn(ctx context.Context, g *grant, p storepath.Path, drv *d
 	step := &remote.Step{DrvPath: p, Drv: drv, Settings: buildSettings(g.req.Settings), Log: lw, Substitute: substitute,
 		// Nix's upload lock of the machine, shared with build-remote
 		// and ferry build-hook.
-		Upload: func(ctx context.Context) (func(), error) {
-			ul, hogged, err := g.load.UploadLockWait(ctx, ms.m, d.opts.UploadWait)
-			if err != nil {
-				return nil, err
-			}
-			if hogged {
-				d.say("somebody is hogging the upload lock for '%s', continuing...", uri)
-			}
-			return func() { ul.Release() }, nil
-		},
+		Upload: remote.UploadLock(g.load, ms.m, d.opts.UploadWait, func(msg string) { d.say("%s", msg) }),
 		Outputs: func(in storepath.Path) (map[string]storepath.Path, error) {
 			d, err := g.local.ReadDerivation(ctx, in)
 			if err != nil {

@@ -607,12 +607,21 @@ func (r *run) validOutputs(p storepath.Path, d *derivation.Derivation) (map[stri
 	if !knownOutputs(d) {
 		return r.outputs(p)
 	}
+	return r.knownValid(d)
+}
+
+// knownValid gives the outputs of d, whose paths are known, when every
+// one is valid locally (made a temp root first), else nil.
+func (r *run) knownValid(d *derivation.Derivation) (map[string]storepath.Path, error) {
 	outs := d.OutputPaths()
 	if len(outs) == 0 || len(outs) != len(d.Outputs) {
 		return nil, nil
 	}
 	paths := make([]storepath.Path, 0, len(outs))
 	for _, o := range outs {
+		if err := r.local.AddTempRoot(r.ctx, o); err != nil {
+			return nil, err
+		}
 		paths = append(paths, o)
 	}
 	valid, err := r.local.QueryValidPaths(r.ctx, paths)
@@ -766,19 +775,7 @@ func (r *run) resolvedValid(rPath storepath.Path, rd *derivation.Derivation) (ma
 	if !knownOutputs(rd) {
 		return build.NewRealiser(r.local, r.s, rPath, rd).Realised(r.ctx)
 	}
-	outs := rd.OutputPaths()
-	paths := make([]storepath.Path, 0, len(outs))
-	for _, o := range outs {
-		if err := r.local.AddTempRoot(r.ctx, o); err != nil {
-			return nil, err
-		}
-		paths = append(paths, o)
-	}
-	valid, err := r.local.QueryValidPaths(r.ctx, paths)
-	if err != nil || len(valid) != len(paths) || len(paths) == 0 {
-		return nil, err
-	}
-	return outs, nil
+	return r.knownValid(rd)
 }
 
 // registerCA records in the local store the realisations of a floating

@@ -2,7 +2,6 @@ package buildhook_test
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -50,7 +49,7 @@ func TestHookInteropCA(t *testing.T) {
 				e.env = append(e.env, "FERRY_SCHEDULER="+c.scheduler)
 			} else {
 				stateDir := filepath.Join(local, "nix/var/nix")
-				t.Cleanup(func() { exec.Command("pkill", "-f", "scheduler --state-dir "+stateDir).Run() })
+				t.Cleanup(func() { stopScheduler(stateDir) })
 			}
 			r := e.nixBuild(local, []string{e.machine(c.program, b, "2 1 ca-derivations")}, "-j0", expr)
 			e.env = saved

@@ -134,6 +134,17 @@ func storeFiles(st, part string) []string {
 	return fs
 }
 
+// stopScheduler ends the scheduler a hook started on demand on stateDir
+// and waits until it is gone: it saves its state as it ends, which must
+// not race the removal of the directory.
+func stopScheduler(stateDir string) {
+	pattern := "scheduler --state-dir " + stateDir
+	exec.Command("pkill", "-f", pattern).Run()
+	for i := 0; i < 200 && exec.Command("pgrep", "-f", pattern).Run() == nil; i++ {
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 func sessions(s *sshtest.Server) int { return strings.Count(s.Log(), "Accepted publickey") }
 
 // TestHookInterop: real nix-build 2.8 with ferry build-hook over a real
@@ -191,7 +202,7 @@ func TestHookInterop(t *testing.T) {
 		// slot, instead of one per derivation.
 		local := filepath.Join(e.dir, "local-sched")
 		stateDir := filepath.Join(local, "nix/var/nix")
-		t.Cleanup(func() { exec.Command("pkill", "-f", "scheduler --state-dir "+stateDir).Run() })
+		t.Cleanup(func() { stopScheduler(stateDir) })
 		b1, b2 := filepath.Join(e.dir, "s1"), filepath.Join(e.dir, "s2")
 		before := sessions(e.sshd)
 		saved := e.env
